@@ -1,0 +1,103 @@
+"""Configuration keys added by fmwiss_d2. Every key has a default and a one-line comment."""
+from detectron2.config import CfgNode as CN
+
+
+def add_fmwiss_config(cfg):
+    """Adds the fmwiss_d2 keys to a detectron2 config (call once, before merge_from_file)."""
+    # The built-in synthetic world ("shapes"): generated on first use and cached.
+    cfg.SHAPES = CN()
+    cfg.SHAPES.CACHE_DIR = ""  # where generated worlds live; "" = $FMWISS_CACHE or ~/.cache/fmwiss_d2
+    cfg.SHAPES.SEED = 0  # generator seed; a different seed gives a different world (and folder)
+    cfg.SHAPES.NUM_TRAIN = 2000  # training images
+    cfg.SHAPES.NUM_VAL = 500  # validation images
+    cfg.SHAPES.IMAGE_SIZE = 128  # images are square, IMAGE_SIZE x IMAGE_SIZE pixels
+
+    # Incremental learning: which task and step this run trains (tasks live in fmwiss_d2/data/datasets/tasks.py).
+    cfg.INCREMENTAL = CN()
+    cfg.INCREMENTAL.TASK = ""  # e.g. "shapes_6-4"; "" = ordinary (non-incremental) training
+    cfg.INCREMENTAL.SETTING = "overlap"  # "overlap" or "disjoint" (MiB's two protocols)
+    cfg.INCREMENTAL.STEP = 0  # step to train; step 0 learns the base classes
+
+    _add_model_config(cfg)
+
+
+def _add_model_config(cfg):
+    """Model keys (Mask2Former-style and per-pixel DeepLabV3 models)."""
+    # --- model ---
+    # Keys shared by both model families (mask classification and per-pixel).
+    cfg.MODEL.CLASSES_PER_STEP = []  # classifier groups, one per incremental step; [] = [SEM_SEG_HEAD.NUM_CLASSES]
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256  # channels of the per-pixel mask embeddings (mask features)
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # PIXEL_DECODER_REGISTRY name
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6  # deformable-attention encoder layers in the pixel decoder
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoded levels
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # attention heads in the encoder
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT = 0.0  # encoder dropout
+
+    # Mask2Former-style mask classification (meta-architecture "MaskFormer").
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # decoder registry name
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # what the decoder attends to
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256  # query and attention width
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100  # learned queries = predicted masks per image
+    cfg.MODEL.MASK_FORMER.NHEADS = 8  # attention heads in the decoder
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0  # decoder dropout
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048  # decoder FFN width
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10  # decoder layers + 1 (the initial prediction counts as one, as in Mask2Former)
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False  # pre-norm instead of post-norm in decoder layers
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False  # 1x1 projection of decoder inputs even when widths match
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32  # pad images to a multiple of this (0 = backbone's own)
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True  # losses on every decoder layer's prediction
+    cfg.MODEL.MASK_FORMER.MATCHER_NAME = "HungarianMatcher"  # MATCHER_REGISTRY name
+    cfg.MODEL.MASK_FORMER.CRITERION_NAME = "SetCriterion"  # CRITERION_REGISTRY name
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # class-CE weight of the "no object" target
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0  # weight of the class loss (and class matching cost)
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0  # weight of the mask BCE loss (and cost)
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0  # weight of the dice loss (and cost)
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112  # sampled points per mask (0 = every pixel, no sampling)
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # importance sampling: candidates = ratio * points
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken at the most uncertain candidates
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # produce "sem_seg" at inference
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # produce "instances" at inference
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # produce "panoptic_seg" at inference
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # panoptic: keep queries with score above this
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # panoptic: keep segments keeping this share of their mask
+    cfg.MODEL.MASK_FORMER.TEST.DETECTIONS_PER_IMAGE = 100  # instance: top-k (query, class) pairs kept
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks before combining
+
+    # Tiny CPU backbone ("build_tiny_backbone"): a small ResNet-like net with strides 4/8/16/32.
+    cfg.MODEL.TINY = CN()
+    cfg.MODEL.TINY.WIDTHS = [32, 64, 96, 128]  # channels of res2..res5
+    cfg.MODEL.TINY.DEPTHS = [1, 1, 2, 1]  # residual blocks per stage
+    cfg.MODEL.TINY.STEM_WIDTH = 24  # channels of the stride-4 stem
+    cfg.MODEL.TINY.NORM = "BN"  # normalization ("BN", "GN", "SyncBN", "FrozenBN", "")
+    cfg.MODEL.TINY.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
+
+    # DeepLabV3 per-pixel model (meta-architecture "DeepLabV3"); ResNet keys as in detectron2's DeepLab project.
+    cfg.MODEL.DEEPLAB = CN()
+    cfg.MODEL.DEEPLAB.IN_FEATURE = "res5"  # backbone feature fed to ASPP
+    cfg.MODEL.DEEPLAB.ASPP_CHANNELS = 256  # ASPP width
+    cfg.MODEL.DEEPLAB.ASPP_DILATIONS = [6, 12, 18]  # atrous rates at output stride 16
+    cfg.MODEL.DEEPLAB.ASPP_DROPOUT = 0.1  # dropout after the ASPP projection
+    cfg.MODEL.DEEPLAB.NORM = "BN"  # normalization in the head
+    cfg.MODEL.DEEPLAB.LOSS_WEIGHT = 1.0  # weight of the per-pixel cross-entropy
+    if "RES4_DILATION" not in cfg.MODEL.RESNETS:
+        cfg.MODEL.RESNETS.RES4_DILATION = 1  # dilation of res4 (detectron2 DeepLab backbone)
+        cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]  # res5 multi-grid rates (DeepLabV3)
+        cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"  # "basic" or "deeplab" (three 3x3 convs)
+
+    # Data, solver and evaluation keys used by the trainer.
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # DATASET_MAPPER_REGISTRY name
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # mappers pad to this (-1 = no padding in the mapper)
+    cfg.INPUT.COLOR_AUG_SSD = False  # photometric distortion (SSD style) in training
+    if "SINGLE_CATEGORY_MAX_AREA" not in cfg.INPUT.CROP:
+        cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # retry crops dominated by one class above this share
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "SGD" or "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # backbone lr = BASE_LR * this
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level embeddings)
+    if "POLY_LR_POWER" not in cfg.SOLVER:
+        cfg.SOLVER.POLY_LR_POWER = 0.9  # exponent of the "WarmupPolyLR" schedule
+        cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # floor of the poly schedule (fraction of BASE_LR)
+    cfg.TEST.EVALUATOR_TYPES = []  # EVALUATOR_REGISTRY names; [] = the dataset's metadata evaluator_type

@@ -1,0 +1,2 @@
+"""Datasets and mappers."""
+from . import datasets  # noqa: F401

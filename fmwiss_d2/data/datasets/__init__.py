@@ -1,0 +1,2 @@
+"""Dataset registration (lazy: importing registers names, loading reads files)."""
+from . import builtin  # noqa: F401

@@ -1,0 +1,15 @@
+"""Registers every built-in dataset and incremental task.
+
+Registration only records names and loader functions: nothing is read or generated until a dataset is
+loaded, so a missing real dataset never fails at import (it fails, clearly, when it is first used).
+Real datasets are found under ``$DETECTRON2_DATASETS`` (default ``./datasets``), as in detectron2.
+"""
+import os
+
+from .shapes import register_shapes
+from .tasks import register_builtin_tasks
+
+_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+register_shapes("shapes")
+register_builtin_tasks()

@@ -1,0 +1,338 @@
+"""Incremental tasks: defined once, as data, and registered as detectron2 datasets per (setting, step, split).
+
+A task is a base semantic-segmentation dataset plus ordered class groups, one per step; the model's class
+ids follow the order of the groups (step 0 starts with the background). Every registered step dataset
+carries, in its metadata, the lookup table that turns the base dataset's mask values into the step's
+labels, so mappers and evaluators apply one ``lut[mask]`` and never remap pixels in Python loops.
+
+The protocol follows MiB (Cermelli et al., CVPR 2020; read from the MiB repository's ``tasks.py``,
+``dataset/utils.py::filter_images`` and ``dataset/voc.py``):
+
+* training images of step t: *overlap* keeps an image if it shows at least one class of step t;
+  *disjoint* additionally drops images showing any class of a future step (all present classes must be
+  background, old or current);
+* training labels of step t: current classes keep their id, every other class (old or future) becomes
+  background, 255 stays 255 — the "background shift" MiB models;
+* evaluation after step t: images showing at least one class seen so far (steps 0..t, background
+  excluded) are kept; pixels of unseen classes become 255 (ignored).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = ("overlap", "disjoint")
+IGNORE_LABEL = 255
+
+
+class TaskDefinitionError(ValueError):
+    """A task definition is malformed; the message names the offending entry."""
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    classes: tuple[str, ...]  # class names added at this step (step 0 begins with the background)
+    train: str  # registered base dataset used for training at this step
+    val: tuple[tuple[str, str], ...]  # (suffix, base dataset) pairs evaluated after this step
+
+
+@dataclass(frozen=True)
+class IncrementalTask:
+    name: str
+    steps: tuple[TaskStep, ...]
+    settings: tuple[str, ...] = SETTINGS
+    aliases: tuple[tuple[str, str], ...] = ()  # dataset class name -> task class name (e.g. VOC -> COCO)
+    background: str = "background"
+
+    # ---------------------------------------------------------------------------- class bookkeeping
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def class_order(self) -> list[str]:
+        """All classes in model order: the model's class id is the index in this list."""
+        return [c for s in self.steps for c in s.classes]
+
+    def seen_classes(self, step: int) -> list[str]:
+        self._check_step(step)
+        return [c for s in self.steps[: step + 1] for c in s.classes]
+
+    def new_class_ids(self, step: int) -> list[int]:
+        """Model ids of the classes learned at ``step`` (background excluded)."""
+        start = len(self.seen_classes(step)) - len(self.steps[step].classes)
+        return [i for i in range(start, len(self.seen_classes(step))) if i != 0]
+
+    def old_class_ids(self, step: int) -> list[int]:
+        """Model ids of the classes learned before ``step`` (background excluded)."""
+        return list(range(1, len(self.seen_classes(step)) - len(self.steps[step].classes)))
+
+    def _check_step(self, step: int) -> None:
+        if not 0 <= step < self.num_steps:
+            raise IndexError(
+                f"Step {step} is out of range for task '{self.name}', which has steps 0..{self.num_steps - 1}."
+            )
+
+    def canonical(self, dataset_class_name: str) -> str:
+        return dict(self.aliases).get(dataset_class_name, dataset_class_name)
+
+    # --------------------------------------------------------------------------------- the protocol
+    def label_lut(self, step: int, split: str, dataset_classes: list[str]) -> np.ndarray:
+        """uint8[256] mapping a base dataset's mask values to this step's labels (see module docstring)."""
+        self._check_step(step)
+        order = {c: i for i, c in enumerate(self.class_order)}
+        keep = set(self.steps[step].classes) if split == "train" else set(self.seen_classes(step))
+        lut = np.full(256, IGNORE_LABEL, np.uint8)
+        for raw, name in enumerate(dataset_classes):
+            name = self.canonical(name)
+            if name in keep:
+                lut[raw] = order[name]
+            elif split == "train":
+                lut[raw] = 0  # old and future classes are background while training (MiB)
+        return lut
+
+    def keep_image(self, present: set[str], step: int, split: str, setting: str) -> bool:
+        """Whether an image whose masks show the classes ``present`` (task names) is used (module docstring)."""
+        present = set(present) - {self.background}
+        if split != "train":
+            return bool(present & set(self.seen_classes(step)))
+        if not present & set(self.steps[step].classes):
+            return False
+        if setting == "disjoint":
+            return present <= set(self.seen_classes(step))
+        return True
+
+    def dataset_name(self, setting: str, step: int, split: str = "train") -> str:
+        return f"{self.name}_{setting}_step{step}_{split}"
+
+
+# --------------------------------------------------------------------------------- definition as data
+def task_from_dict(name: str, spec: dict, dataset_classes=None) -> IncrementalTask:
+    """Builds a task from its plain-data form (the same form as ``configs/tasks/*.yaml``)::
+
+        {"train": "shapes_sem_seg_train", "val": "shapes_sem_seg_val", "settings": ["overlap", "disjoint"],
+         "steps": [["background", "disc", ...], ["diamond", ...]],     # names or ids of the train dataset
+         "aliases": {"aeroplane": "airplane"}}                         # optional
+
+    A step may also be a mapping ``{"classes": [...], "train": ..., "val": ...}`` to use other datasets;
+    ``val`` is a dataset name or a mapping ``{suffix: dataset}``. ``dataset_classes(dataset_name)`` returns
+    a dataset's class names (default: its ``MetadataCatalog`` ``stuff_classes``).
+    """
+    dataset_classes = dataset_classes or _catalog_classes
+    where = f"task '{name}'"
+    unknown = set(spec) - {"train", "val", "steps", "settings", "aliases", "background"}
+    if unknown:
+        raise TaskDefinitionError(f"{where}: unknown keys {sorted(unknown)}; allowed: train, val, steps, settings, aliases, background")
+    for key in ("train", "val", "steps"):
+        if key not in spec:
+            raise TaskDefinitionError(f"{where}: missing key '{key}'")
+    settings = tuple(spec.get("settings", SETTINGS))
+    for s in settings:
+        if s not in SETTINGS:
+            raise TaskDefinitionError(f"{where}: unknown setting '{s}'; known: {', '.join(SETTINGS)}")
+    aliases = dict(spec.get("aliases", {}))
+    background = spec.get("background", "background")
+    base_classes = [aliases.get(c, c) for c in dataset_classes(spec["train"])]
+    if not spec["steps"]:
+        raise TaskDefinitionError(f"{where}: 'steps' is empty")
+
+    steps, seen = [], {}
+    for k, raw in enumerate(spec["steps"]):
+        entry = raw if isinstance(raw, dict) else {"classes": raw}
+        train = entry.get("train", spec["train"])
+        val = entry.get("val", spec["val"])
+        val = tuple(sorted(val.items())) if isinstance(val, dict) else (("val", val),)
+        if not entry.get("classes"):
+            raise TaskDefinitionError(f"{where}: step {k} has no classes")
+        names = []
+        for c in entry["classes"]:
+            if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+                if not 0 <= c < len(base_classes):
+                    raise TaskDefinitionError(
+                        f"{where}: step {k}: class id {c} is out of range for '{spec['train']}' "
+                        f"(ids 0..{len(base_classes) - 1})"
+                    )
+                c = base_classes[c]
+            c = aliases.get(c, c)
+            if c not in base_classes:
+                raise TaskDefinitionError(
+                    f"{where}: step {k}: unknown class '{c}' (not a class of '{spec['train']}')"
+                )
+            if c in seen:
+                raise TaskDefinitionError(f"{where}: class '{c}' appears in step {seen[c]} and step {k}")
+            seen[c] = k
+            names.append(c)
+        steps.append(TaskStep(tuple(names), train, val))
+    missing = [c for c in base_classes if c not in seen]
+    if missing:
+        raise TaskDefinitionError(f"{where}: classes in no step: {missing} (every class of '{spec['train']}' must be assigned)")
+    if steps[0].classes[0] != background:
+        raise TaskDefinitionError(f"{where}: step 0 must begin with the background class '{background}'")
+    return IncrementalTask(name, tuple(steps), settings, tuple(sorted(aliases.items())), background)
+
+
+def _catalog_classes(dataset_name: str) -> list[str]:
+    from detectron2.data import MetadataCatalog
+
+    classes = MetadataCatalog.get(dataset_name).get("stuff_classes")
+    if not classes:
+        raise TaskDefinitionError(
+            f"dataset '{dataset_name}' is not registered as a semantic-segmentation dataset "
+            "(its MetadataCatalog entry has no stuff_classes)"
+        )
+    return list(classes)
+
+
+def _range(a: int, b: int) -> list[int]:
+    return list(range(a, b + 1))
+
+
+def builtin_task_table() -> dict[str, dict]:
+    """The built-in tasks, in the same plain-data form a user's YAML file uses (ids as in MiB's tasks.py)."""
+    voc = {"train": "voc_2012_sem_seg_train_aug", "val": "voc_2012_sem_seg_val"}
+    ade = {"train": "ade20k_151_sem_seg_train", "val": "ade20k_151_sem_seg_val", "settings": ["overlap"]}
+    shapes = {"train": "shapes_sem_seg_train", "val": "shapes_sem_seg_val"}
+    table = {
+        "voc_19-1": {**voc, "steps": [_range(0, 19), [20]]},
+        "voc_15-5": {**voc, "steps": [_range(0, 15), _range(16, 20)]},
+        "voc_15-1": {**voc, "steps": [_range(0, 15)] + [[c] for c in range(16, 21)]},
+        "voc_10-10": {**voc, "steps": [_range(0, 10), _range(11, 20)]},
+        "ade_100-50": {**ade, "steps": [_range(0, 100), _range(101, 150)]},
+        "ade_100-10": {**ade, "steps": [_range(0, 100)] + [_range(a, a + 9) for a in range(101, 151, 10)]},
+        "ade_50-50": {**ade, "steps": [_range(0, 50), _range(51, 100), _range(101, 150)]},
+        "shapes_6-4": {**shapes, "steps": [_range(0, 6), _range(7, 10)]},
+        "shapes_6-2-2": {**shapes, "steps": [_range(0, 6), [7, 8], [9, 10]]},
+        "shapes_6-1": {**shapes, "steps": [_range(0, 6)] + [[c] for c in range(7, 11)]},
+    }
+    try:
+        from .class_names import COCO_THING_CLASSES, VOC_TO_COCO
+    except ImportError:  # pragma: no cover - the COCO tables ship with the package
+        return table
+    voc_in_coco = list(VOC_TO_COCO.values())
+    coco_val = "coco_2017_things_sem_seg_val"
+    table["coco-to-voc"] = {
+        # WILSON/FMWISS: step 0 learns COCO's 60 non-VOC classes on COCO; step 1 the 20 VOC classes on VOC,
+        # evaluated on COCO (all 80) and on VOC.
+        "train": "coco_2017_things_sem_seg_train", "val": coco_val, "settings": ["overlap"],
+        "aliases": dict(VOC_TO_COCO),
+        "steps": [
+            ["background"] + [c for c in COCO_THING_CLASSES if c not in voc_in_coco],
+            {"classes": voc_in_coco, "train": "voc_2012_sem_seg_train_aug",
+             "val": {"val": coco_val, "val_voc": "voc_2012_sem_seg_val"}},
+        ],
+    }
+    return table
+
+
+# ------------------------------------------------------------------------ per-image classes (cached)
+def _atomic_write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def image_class_table(dataset_name: str, records: list[dict], cache_dir: str | None = None) -> list[list[int]]:
+    """Sorted mask values (255 excluded) of every record, read once from the masks and cached on disk.
+
+    The cache key is the dataset name and the list of mask files, so a changed file list recomputes.
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .shapes import default_cache_dir
+
+    files = [r["sem_seg_file_name"] for r in records]
+    key = hashlib.sha1("\n".join([dataset_name] + files).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir or default_cache_dir(), "splits", f"{dataset_name}-{key}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    table = []
+    for fn in tqdm(files, desc=f"classes of {dataset_name}", leave=False, disable=None):
+        values = np.unique(np.asarray(Image.open(fn)))
+        table.append([int(v) for v in values if v != IGNORE_LABEL])
+    _atomic_write_json(path, table)
+    return table
+
+
+# ------------------------------------------------------------------------------------- registration
+TASKS: dict[str, IncrementalTask] = {}
+
+
+def get_task(name: str) -> IncrementalTask:
+    if name not in TASKS:
+        raise KeyError(f"Unknown incremental task '{name}'. Registered tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def _load_step(task: IncrementalTask, setting: str, step: int, split: str, base: str) -> list[dict]:
+    from detectron2.data import DatasetCatalog
+
+    records = DatasetCatalog.get(base)
+    classes = [task.canonical(c) for c in _catalog_classes(base)]
+    table = image_class_table(base, records)
+    kept = []
+    for record, values in zip(records, table):
+        present = {classes[v] for v in values if v < len(classes)}
+        if task.keep_image(present, step, split, setting):
+            kept.append(record)
+    logger.info("%s: kept %d of %d images of %s", task.dataset_name(setting, step, split), len(kept), len(records), base)
+    return kept
+
+
+def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_classes=None) -> IncrementalTask:
+    """Registers a task and its datasets ``{name}_{setting}_step{k}_{train|val[...]}``; returns the task."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    task = spec if isinstance(spec, IncrementalTask) else task_from_dict(name, spec, dataset_classes)
+    TASKS[name] = task
+    for setting in task.settings:
+        for k, step in enumerate(task.steps):
+            splits = [("train", step.train)] + list(step.val)
+            for split, base in splits:
+                ds_name = task.dataset_name(setting, k, split)
+                if ds_name in DatasetCatalog.list():
+                    DatasetCatalog.remove(ds_name)
+                    MetadataCatalog.remove(ds_name)
+                DatasetCatalog.register(ds_name, lambda t=task, s=setting, k=k, sp=split, b=base: _load_step(t, s, k, sp, b))
+                base_meta = MetadataCatalog.get(base)
+                lut_split = "train" if split == "train" else "val"
+                colors = dict(zip((task.canonical(c) for c in base_meta.get("stuff_classes", [])),
+                                  base_meta.get("stuff_colors", [])))
+                seen = task.seen_classes(k)
+                MetadataCatalog.get(ds_name).set(
+                    stuff_classes=seen,
+                    stuff_colors=[tuple(colors.get(c, (128, 128, 128))) for c in seen],
+                    ignore_label=IGNORE_LABEL,
+                    evaluator_type="sem_seg",
+                    label_lut=task.label_lut(k, lut_split, _catalog_classes(base)).tolist(),
+                    task=name, step=k, setting=setting, base_dataset=base,
+                    old_classes=task.old_class_ids(k), new_classes=task.new_class_ids(k),
+                )
+    return task
+
+
+def register_builtin_tasks() -> None:
+    """Registers the built-in tasks whose base datasets are registered (absent real data is fine)."""
+    from detectron2.data import DatasetCatalog
+
+    registered = set(DatasetCatalog.list())
+    for name, spec in builtin_task_table().items():
+        bases = {spec["train"]} | {s["train"] for s in spec["steps"] if isinstance(s, dict) and "train" in s}
+        if bases <= registered:
+            register_incremental_task(name, spec)
