@@ -1,0 +1,16 @@
+# Two entry points (see README): `make demo` sets everything up and runs the main job on the synthetic
+# world; `make test` runs the test suite. Both (re)use .venv, which tools/setup_env.sh keeps up to date.
+PY := .venv/bin/python
+
+.PHONY: setup demo test bench
+setup:
+	bash tools/setup_env.sh
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) tools/bench/shapes_generation.py

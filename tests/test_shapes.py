@@ -1,0 +1,176 @@
+"""The synthetic world: determinism, annotation consistency, and detectron2's own tools working on it."""
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from fmwiss_d2.data.datasets import shapes
+from fmwiss_d2.data.datasets.shapes import SEM_SEG_CLASSES, THING_CLASSES, WorldSpec, ensure_world
+
+
+def _digest(root):
+    h = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            h[os.path.relpath(p, root)] = hashlib.sha1(open(p, "rb").read()).hexdigest()
+    return h
+
+
+def test_byte_identical_for_same_seed_and_size(tmp_path):
+    spec = WorldSpec(seed=11, image_size=48, num_train=6, num_val=3)
+    a = ensure_world(spec, str(tmp_path / "a"), workers=1)
+    b = ensure_world(spec, str(tmp_path / "b"), workers=2)
+    assert _digest(a) == _digest(b)
+    assert len(_digest(a)) == 3 * 9 + 6 + 1  # 3 files per image + 6 json + world.json
+
+
+def test_other_seed_or_size_gives_other_folder_and_content(tmp_path):
+    base = WorldSpec(seed=11, image_size=48, num_train=4, num_val=2)
+    other_seed = WorldSpec(seed=12, image_size=48, num_train=4, num_val=2)
+    other_size = WorldSpec(seed=11, image_size=56, num_train=4, num_val=2)
+    roots = [ensure_world(s, str(tmp_path), workers=1) for s in (base, other_seed, other_size)]
+    assert len(set(roots)) == 3
+    img = lambda r: open(os.path.join(r, "images", "train", "000000.jpg"), "rb").read()
+    assert img(roots[0]) != img(roots[1])
+    # a validation image does not depend on the training-set size
+    more_train = ensure_world(WorldSpec(seed=11, image_size=48, num_train=5, num_val=2), str(tmp_path), workers=1)
+    val = lambda r: open(os.path.join(r, "sem_seg", "val", "000001.png"), "rb").read()
+    assert val(roots[0]) == val(more_train)
+
+
+def test_generation_is_reused_and_leaves_no_temporary_folder(tmp_path):
+    spec = WorldSpec(seed=1, image_size=32, num_train=2, num_val=1)
+    root = ensure_world(spec, str(tmp_path), workers=1)
+    stamp = os.path.getmtime(os.path.join(root, "world.json"))
+    assert ensure_world(spec, str(tmp_path), workers=1) == root
+    assert os.path.getmtime(os.path.join(root, "world.json")) == stamp
+    assert os.listdir(tmp_path) == [spec.folder_name]
+
+
+def _load(root, split):
+    ann = lambda n: json.load(open(os.path.join(root, "annotations", f"{n}_{split}.json")))
+    return ann("instances"), ann("panoptic"), ann("labels")
+
+
+def test_annotations_are_consistent(tiny_world):
+    spec, _, root = tiny_world
+    for split in ("train", "val"):
+        inst, pan, labels = _load(root, split)
+        assert [c["name"] for c in inst["categories"]] == THING_CLASSES
+        by_image = {}
+        for a in inst["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+        pan_by_image = {p["image_id"]: p for p in pan["annotations"]}
+        for entry in labels["images"]:
+            i = entry["image_id"]
+            stem = entry["file_name"][:-4]
+            sem = np.asarray(Image.open(os.path.join(root, "sem_seg", split, stem + ".png")))
+            assert sem.shape == (spec.image_size, spec.image_size)
+            anns = by_image[i]
+            union = np.zeros(sem.shape, np.int64)  # semantic id from instances (0 = background)
+            masks = []
+            for a in anns:
+                m = mask_util.decode(a["segmentation"]).astype(bool)
+                assert m.sum() == a["area"] > 0
+                assert not (union[m] > 0).any(), "instances overlap"
+                union[m] = a["category_id"]
+                masks.append((a["category_id"], m))
+            valid = sem != 255
+            assert (sem[valid] == union[valid]).all(), "semantic mask != union of instance masks"
+            assert (~valid).any() and (~valid).mean() < 0.5  # a border band exists and is thin
+            present = sorted(int(v) for v in np.unique(sem[valid]) if v != 0)
+            assert entry["labels"] == present == sorted({a["category_id"] for a in anns})
+            # panoptic PNG: every thing segment equals one instance mask; stuff covers the rest
+            png = np.asarray(Image.open(os.path.join(root, "panoptic", split, stem + ".png"))).astype(np.int64)
+            ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
+            segs = pan_by_image[i]["segments_info"]
+            assert sorted(np.unique(ids).tolist()) == sorted(s["id"] for s in segs)
+            things = [s for s in segs if s["category_id"] <= len(THING_CLASSES)]
+            assert len(things) == len(anns)
+            for s in segs:
+                assert (ids == s["id"]).sum() == s["area"]
+            thing_masks = sorted((s["category_id"], (ids == s["id"]).tobytes()) for s in things)
+            assert thing_masks == sorted((c, m.tobytes()) for c, m in masks)
+            assert all(s["category_id"] > len(THING_CLASSES) for s in segs if s not in things)
+            # the caption names exactly the classes present
+            words = re.findall(r"[a-z]+", entry["caption"])
+            singular = {shapes.PLURALS[n]: n for n in THING_CLASSES}
+            named = {singular.get(w, w) for w in words} & set(THING_CLASSES)
+            assert named == {THING_CLASSES[c - 1] for c in present}
+
+
+def test_registered_names_and_metadata(tiny_world):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    spec, _, root = tiny_world
+    sem = DatasetCatalog.get("tiny_shapes_sem_seg_val")
+    assert len(sem) == spec.num_val
+    assert sem[0]["sem_seg_file_name"].startswith(root) and os.path.isfile(sem[0]["file_name"])
+    meta = MetadataCatalog.get("tiny_shapes_sem_seg_val")
+    assert meta.stuff_classes == SEM_SEG_CLASSES and meta.ignore_label == 255 and meta.evaluator_type == "sem_seg"
+    inst = DatasetCatalog.get("tiny_shapes_instance_train")
+    assert len(inst) == spec.num_train and all(a["category_id"] < 10 for r in inst for a in r["annotations"])
+    pan = DatasetCatalog.get("tiny_shapes_panoptic_train")
+    assert len(pan) == spec.num_train
+    seg = pan[0]["segments_info"]
+    assert {s["isthing"] for s in seg} == {True, False}
+    pmeta = MetadataCatalog.get("tiny_shapes_panoptic_train")
+    assert pmeta.thing_classes == THING_CLASSES and len(pmeta.stuff_classes) == 14
+    assert all(s["category_id"] < 10 for s in seg if s["isthing"]) and all(s["category_id"] >= 10 for s in seg if not s["isthing"])
+
+
+def test_detectron2_sem_seg_evaluator_scores_ground_truth_perfectly(tiny_world):
+    """SemSegEvaluator, unchanged, reads our masks: ground truth as prediction gives mIoU 100."""
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    records = DatasetCatalog.get("tiny_shapes_sem_seg_val")
+    ev = SemSegEvaluator("tiny_shapes_sem_seg_val", distributed=False)
+    ev.reset()
+    present = set()
+    for r in records:
+        gt = np.asarray(Image.open(r["sem_seg_file_name"])).astype(np.int64)
+        present |= set(np.unique(gt).tolist()) - {255}
+        logits = torch.nn.functional.one_hot(torch.from_numpy(np.where(gt == 255, 0, gt)), 11).permute(2, 0, 1).float()
+        ev.process([r], [{"sem_seg": logits}])
+    res = ev.evaluate()["sem_seg"]
+    assert res["mIoU"] == pytest.approx(100.0) and res["pACC"] == pytest.approx(100.0)
+
+
+def test_detectron2_coco_evaluator_scores_ground_truth_perfectly(tiny_world, tmp_path):
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    records = DatasetCatalog.get("tiny_shapes_instance_val")
+    ev = COCOEvaluator("tiny_shapes_instance_val", output_dir=str(tmp_path), distributed=False)
+    ev.reset()
+    for r in records:
+        h, w = r["height"], r["width"]
+        inst = Instances((h, w))
+        ms = [mask_util.decode(a["segmentation"]) for a in r["annotations"]]
+        inst.pred_masks = torch.as_tensor(np.stack(ms)).bool()
+        inst.pred_boxes = Boxes(torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in r["annotations"]]))
+        inst.scores = torch.ones(len(ms))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in r["annotations"]])
+        ev.process([{"image_id": r["image_id"]}], [{"instances": inst}])
+    res = ev.evaluate()
+    assert res["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_visualizer_draws_our_annotations(tiny_world):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils.visualizer import Visualizer
+
+    r = DatasetCatalog.get("tiny_shapes_panoptic_val")[0]
+    img = np.asarray(Image.open(r["file_name"]))
+    out = Visualizer(img, MetadataCatalog.get("tiny_shapes_panoptic_val")).draw_dataset_dict(r).get_image()
+    assert out.shape == img.shape and not np.array_equal(out, img)

@@ -1,0 +1,152 @@
+"""Incremental task splits: MiB's image filtering and label remapping, checked on hand-made masks."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmwiss_d2.data.datasets.tasks import (
+    TaskDefinitionError, builtin_task_table, get_task, register_incremental_task, task_from_dict,
+)
+
+CLASSES = ["background", "a", "b", "c", "d"]
+# image -> classes painted in its mask (besides background); hand-chosen to separate the rules
+IMAGES = {0: {"a"}, 1: {"a", "c"}, 2: {"c"}, 3: {"c", "d"}, 4: {"d", "b"}, 5: set(), 6: {"b"}}
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = tmp_path_factory.mktemp("handmade")
+    records = []
+    for i, present in IMAGES.items():
+        mask = np.zeros((8, 8), np.uint8)
+        for k, name in enumerate(sorted(present)):
+            mask[k * 3 : k * 3 + 2, 1:5] = CLASSES.index(name)
+        mask[7, :] = 255  # a border band
+        fn = str(root / f"{i}.png")
+        Image.fromarray(mask).save(fn)
+        records.append({"file_name": fn, "sem_seg_file_name": fn, "height": 8, "width": 8, "image_id": i})
+    for split in ("train", "val"):
+        name = f"handmade_{split}"
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, lambda: [dict(r) for r in records])
+            MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
+    return records
+
+
+def _ids(name):
+    from detectron2.data import DatasetCatalog
+
+    return sorted(r["image_id"] for r in DatasetCatalog.get(name))
+
+
+def test_mib_filtering_overlap_vs_disjoint(handmade):
+    register_incremental_task("hand_2-1-1", {"train": "handmade_train", "val": "handmade_val",
+                                             "steps": [[0, 1, 2], [3], [4]]})
+    # worked by hand from IMAGES: overlap keeps images showing a current class; disjoint also needs
+    # every present class to be old or current
+    expected = {
+        ("overlap", 0): [0, 1, 4, 6], ("disjoint", 0): [0, 6],
+        ("overlap", 1): [1, 2, 3], ("disjoint", 1): [1, 2],
+        ("overlap", 2): [3, 4], ("disjoint", 2): [3, 4],
+    }
+    for (setting, step), ids in expected.items():
+        assert _ids(f"hand_2-1-1_{setting}_step{step}_train") == ids, (setting, step)
+    # evaluation keeps images with at least one seen (non-background) class, in both settings
+    for setting in ("overlap", "disjoint"):
+        assert _ids(f"hand_2-1-1_{setting}_step0_val") == [0, 1, 4, 6]
+        assert _ids(f"hand_2-1-1_{setting}_step1_val") == [0, 1, 2, 3, 4, 6]
+        assert _ids(f"hand_2-1-1_{setting}_step2_val") == [0, 1, 2, 3, 4, 6]
+
+
+def test_label_remapping_train_and_val(handmade):
+    from detectron2.data import MetadataCatalog
+
+    register_incremental_task("hand_2-1-1", {"train": "handmade_train", "val": "handmade_val",
+                                             "steps": [[0, 1, 2], [3], [4]]})
+    mask = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+    lut = np.array(MetadataCatalog.get("hand_2-1-1_overlap_step1_train").label_lut, np.uint8)
+    # step 1 training: only c (3) keeps its label; old a, b and future d become background
+    assert lut[mask].tolist() == [[0, 0, 0], [3, 0, 255]]
+    lut = np.array(MetadataCatalog.get("hand_2-1-1_disjoint_step1_val").label_lut, np.uint8)
+    # evaluation after step 1: seen classes kept, future d ignored
+    assert lut[mask].tolist() == [[0, 1, 2], [3, 255, 255]]
+    meta = MetadataCatalog.get("hand_2-1-1_overlap_step2_val")
+    assert meta.stuff_classes == CLASSES and meta.old_classes == [1, 2, 3] and meta.new_classes == [4]
+    assert MetadataCatalog.get("hand_2-1-1_overlap_step0_train").old_classes == []
+
+
+def test_class_order_other_than_ids_uses_the_lookup(handmade):
+    from detectron2.data import MetadataCatalog
+
+    task = register_incremental_task("hand_perm", {"train": "handmade_train", "val": "handmade_val",
+                                                   "steps": [["background", "d"], ["b", "a"], ["c"]]})
+    assert task.class_order == ["background", "d", "b", "a", "c"]
+    mask = np.array([0, 1, 2, 3, 4, 255], np.uint8)
+    train1 = np.array(MetadataCatalog.get("hand_perm_overlap_step1_train").label_lut, np.uint8)
+    assert train1[mask].tolist() == [0, 3, 2, 0, 0, 255]
+    val2 = np.array(MetadataCatalog.get("hand_perm_overlap_step2_val").label_lut, np.uint8)
+    assert val2[mask].tolist() == [0, 3, 2, 4, 1, 255]
+
+
+@pytest.mark.parametrize("steps,message", [
+    ([["background", "a", "b"], ["c"], ["zebra"]], "unknown class 'zebra'"),
+    ([["background", "a", "b"], ["b", "c"], ["d"]], "class 'b' appears in step 0 and step 1"),
+    ([["background", "a", "b"], ["c"]], "classes in no step: ['d']"),
+    ([["background", "a", "b"], [], ["c", "d"]], "step 1 has no classes"),
+    ([["background", "a", "b"], ["c"], [9]], "class id 9 is out of range"),
+    ([["a", "background", "b"], ["c"], ["d"]], "step 0 must begin with the background"),
+])
+def test_malformed_definitions_name_the_offending_entry(handmade, steps, message):
+    with pytest.raises(TaskDefinitionError) as e:
+        task_from_dict("bad", {"train": "handmade_train", "val": "handmade_val", "steps": steps})
+    assert message in str(e.value) and "task 'bad'" in str(e.value)
+
+
+def test_other_malformed_fields(handmade):
+    base = {"train": "handmade_train", "val": "handmade_val", "steps": [[0, 1, 2, 3, 4]]}
+    with pytest.raises(TaskDefinitionError, match="unknown setting 'sideways'"):
+        task_from_dict("bad", {**base, "settings": ["sideways"]})
+    with pytest.raises(TaskDefinitionError, match=r"unknown keys \['stepz'\]"):
+        task_from_dict("bad", {**base, "stepz": []})
+    with pytest.raises(TaskDefinitionError, match="'nowhere' is not registered"):
+        task_from_dict("bad", {**base, "train": "nowhere"})
+
+
+def test_unknown_task_and_step_out_of_range(handmade):
+    with pytest.raises(KeyError, match="Unknown incremental task 'voc_16-4'.*shapes_6-4"):
+        get_task("voc_16-4")
+    task = get_task("shapes_6-4")
+    with pytest.raises(IndexError, match="Step 2 is out of range for task 'shapes_6-4'.*0..1"):
+        task.label_lut(2, "train", CLASSES)
+    with pytest.raises(IndexError, match="out of range"):
+        task.seen_classes(-1)
+
+
+def test_builtin_tables_follow_mib():
+    table = builtin_task_table()
+    voc_names = ["background"] + [f"v{i}" for i in range(1, 21)]
+    ade_names = ["background"] + [f"a{i}" for i in range(1, 151)]
+    build = lambda n, names: task_from_dict(n, table[n], dataset_classes=lambda _: names)
+    t = build("voc_15-1", voc_names)
+    assert t.num_steps == 6 and [t.new_class_ids(k) for k in range(1, 6)] == [[16], [17], [18], [19], [20]]
+    assert t.old_class_ids(3) == list(range(1, 18))
+    assert build("voc_19-1", voc_names).new_class_ids(1) == [20]
+    assert build("voc_15-5", voc_names).new_class_ids(1) == list(range(16, 21))
+    assert build("voc_10-10", voc_names).old_class_ids(1) == list(range(1, 11))
+    assert [len(s.classes) for s in build("ade_100-10", ade_names).steps] == [101] + [10] * 5
+    assert [len(s.classes) for s in build("ade_50-50", ade_names).steps] == [51, 50, 50]
+    assert build("ade_100-50", ade_names).settings == ("overlap",)
+
+
+def test_shapes_tasks_registered_for_every_setting_step_split():
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = set(DatasetCatalog.list())
+    for task, steps in (("shapes_6-4", 2), ("shapes_6-2-2", 3), ("shapes_6-1", 5)):
+        for setting in ("overlap", "disjoint"):
+            for k in range(steps):
+                for split in ("train", "val"):
+                    assert f"{task}_{setting}_step{k}_{split}" in names
+    meta = MetadataCatalog.get("shapes_6-2-2_disjoint_step2_val")
+    assert meta.old_classes == list(range(1, 9)) and meta.new_classes == [9, 10] and len(meta.stuff_classes) == 11

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Prints what an incremental task looks like: per step, its classes, image counts and pixels per class.
+
+    python tools/describe_task.py shapes_6-4 [--yaml configs/tasks/my-task.yaml]
+"""
+import argparse
+import sys
+
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+
+import fmwiss_d2  # noqa: F401  (registers datasets and tasks)
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from fmwiss_d2.data.datasets.tasks import get_task
+
+
+def describe(name: str) -> str:
+    task = get_task(name)
+    rows = []
+    for k, step in enumerate(task.steps):
+        counts = {}
+        for setting in task.settings:
+            counts[setting] = DatasetCatalog.get(task.dataset_name(setting, k, "train"))
+        val = len(DatasetCatalog.get(task.dataset_name(task.settings[0], k, "val")))
+        first = counts[task.settings[0]]
+        lut = np.array(MetadataCatalog.get(task.dataset_name(task.settings[0], k, "train")).label_lut, np.uint8)
+        pixels = np.zeros(256, np.int64)
+        for r in first:
+            pixels += np.bincount(lut[np.asarray(Image.open(r["sem_seg_file_name"]))].ravel(), minlength=256)
+        order = task.class_order
+        new = [c for c in step.classes if c != task.background]
+        per_class = ", ".join(f"{c}:{pixels[order.index(c)]}" for c in new)
+        row = [k, " ".join(new), per_class]
+        row += [len(counts[s]) for s in task.settings]
+        if "disjoint" in counts and "overlap" in counts:
+            row.append(len(counts["overlap"]) - len(counts["disjoint"]))
+        row.append(val)
+        rows.append(row)
+    headers = ["step", "new classes", f"train pixels ({task.settings[0]})"] + [f"train imgs {s}" for s in task.settings]
+    if set(task.settings) == {"overlap", "disjoint"}:
+        headers.append("dropped by disjoint")
+    headers.append("val imgs")
+    return f"task {name}: {task.num_steps} steps, {len(task.class_order)} classes, settings {', '.join(task.settings)}\n" + tabulate(rows, headers)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task")
+    args = parser.parse_args(argv)
+    try:
+        print(describe(args.task))
+    except KeyError as e:
+        sys.exit(str(e.args[0]))
+
+
+if __name__ == "__main__":
+    main()
