@@ -19,6 +19,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.STEP = 0  # step to train; step 0 learns the base classes
 
     _add_model_config(cfg)
+    _add_foundation_config(cfg)
 
 
 def _add_model_config(cfg):
@@ -38,7 +39,6 @@ def _add_model_config(cfg):
     # Mask2Former-style mask classification (meta-architecture "MaskFormer").
     cfg.MODEL.MASK_FORMER = CN()
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # decoder registry name
-    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # what the decoder attends to
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256  # query and attention width
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100  # learned queries = predicted masks per image
     cfg.MODEL.MASK_FORMER.NHEADS = 8  # attention heads in the decoder
@@ -101,3 +101,8 @@ def _add_model_config(cfg):
         cfg.SOLVER.POLY_LR_POWER = 0.9  # exponent of the "WarmupPolyLR" schedule
         cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # floor of the poly schedule (fraction of BASE_LR)
     cfg.TEST.EVALUATOR_TYPES = []  # EVALUATOR_REGISTRY names; [] = the dataset's metadata evaluator_type
+
+
+def _add_foundation_config(cfg):
+    """Foundation models (CLIP, DINO): where their checkpoints come from."""
+    # --- foundation models ---
