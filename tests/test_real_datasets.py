@@ -350,6 +350,9 @@ def test_coco_things_prepare_and_load(tmp_path):
     out = base / "things_sem_seg_val2017" / f"{stem}.png"
     np.testing.assert_array_equal(_read_mask(str(out)), EXPECTED_THINGS)
     assert Image.open(out).mode == "L"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
     records = coco.load_coco_things_sem_seg(str(tmp_path), "val")
     assert records == [{

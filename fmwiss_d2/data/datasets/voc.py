@@ -55,10 +55,10 @@ VOC_SEM_SEG_SPLITS: Dict[str, Tuple[str, str]] = {
 # ----------------------------------------------------------------------------------------------
 def dataset_not_found(path: str, section: str, hint: str = "") -> FileNotFoundError:
     """The error raised when a dataset file or folder is absent: names the path and the README section."""
+    shown = path if os.path.isabs(path) else f"{path} ({os.path.abspath(path)})"
     message = (
-        f"{path} does not exist. Lay out the dataset as described in {README}, section "
-        f'"{section}" (the root is $DETECTRON2_DATASETS, currently '
-        f"{os.getenv('DETECTRON2_DATASETS', 'unset: defaults to ./datasets')})."
+        f"{shown} does not exist. Lay out the dataset as described in {README}, section "
+        f'"{section}"; the datasets root is $DETECTRON2_DATASETS (default: ./datasets).'
     )
     if hint:
         message += " " + hint
@@ -82,6 +82,9 @@ def read_id_list(list_file: str) -> List[str]:
 
 
 _EXIF_ORIENTATION = 0x0112
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def _image_hw(path: str) -> Tuple[int, int]:
@@ -159,6 +162,7 @@ def write_mask_png(path: str, mask: np.ndarray, palette: Optional[Iterable[Tuple
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG")
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual umask-based mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
