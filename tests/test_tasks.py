@@ -150,3 +150,28 @@ def test_shapes_tasks_registered_for_every_setting_step_split():
                     assert f"{task}_{setting}_step{k}_{split}" in names
     meta = MetadataCatalog.get("shapes_6-2-2_disjoint_step2_val")
     assert meta.old_classes == list(range(1, 9)) and meta.new_classes == [9, 10] and len(meta.stuff_classes) == 11
+
+
+def test_real_dataset_tasks_registered_without_data():
+    """Every built-in task on VOC / ADE / COCO is registered for each setting, step and split."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = set(DatasetCatalog.list())
+    expected_steps = {"voc_19-1": 2, "voc_15-5": 2, "voc_15-1": 6, "voc_10-10": 2,
+                      "ade_100-50": 2, "ade_100-10": 6, "ade_50-50": 3, "coco-to-voc": 2}
+    for task, n in expected_steps.items():
+        settings = ("overlap", "disjoint") if task.startswith("voc") else ("overlap",)
+        for setting in settings:
+            for k in range(n):
+                assert f"{task}_{setting}_step{k}_train" in names and f"{task}_{setting}_step{k}_val" in names
+        assert f"{task}_disjoint_step0_train" in names or not task.startswith("voc")
+    assert len(MetadataCatalog.get("voc_15-1_disjoint_step5_val").stuff_classes) == 21
+    assert len(MetadataCatalog.get("ade_100-10_overlap_step2_val").stuff_classes) == 121
+    # COCO-to-VOC: VOC masks are read into COCO's class space by name (aeroplane -> airplane, ...)
+    meta = MetadataCatalog.get("coco-to-voc_overlap_step1_val_voc")
+    assert meta.base_dataset == "voc_2012_sem_seg_val" and len(meta.stuff_classes) == 81
+    voc_ids = {"aeroplane": 1, "diningtable": 11, "tvmonitor": 20}
+    for voc_name, coco_name in (("aeroplane", "airplane"), ("diningtable", "dining table"), ("tvmonitor", "tv")):
+        assert meta.stuff_classes[meta.label_lut[voc_ids[voc_name]]] == coco_name
+    step0 = MetadataCatalog.get("coco-to-voc_overlap_step0_train").stuff_classes
+    assert len(step0) == 61 and "person" not in step0 and "giraffe" in step0

@@ -6,10 +6,16 @@ Real datasets are found under ``$DETECTRON2_DATASETS`` (default ``./datasets``),
 """
 import os
 
+from .ade import register_all_ade
+from .coco import register_all_coco
 from .shapes import register_shapes
 from .tasks import register_builtin_tasks
+from .voc import register_all_voc
 
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 register_shapes("shapes")
+register_all_voc(_root)
+register_all_ade(_root)
+register_all_coco(_root)
 register_builtin_tasks()

@@ -1,0 +1,101 @@
+"""MiB's losses and classifier initialization against hand-worked numbers."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fmwiss_d2.modeling.losses.mib import background_init, unbiased_cross_entropy, unbiased_distillation
+
+e = math.exp
+
+
+def test_unbiased_ce_hand_worked():
+    # one image, 3 pixels, classes [bg, old1, new2], logits [1, 2, 0] at every pixel
+    logits = torch.tensor([1.0, 2.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3).contiguous()
+    targets = torch.tensor([[[0, 2, 255]]])
+    z = e(1) + e(2) + e(0)
+    bg = -math.log((e(1) + e(2)) / z)  # background may be the old class
+    new = -math.log(e(0) / z)
+    got = unbiased_cross_entropy(logits, targets, old_ids=[1])
+    assert got.item() == pytest.approx((bg + new) / 2, abs=1e-6)
+    # an old-class target counts as background
+    assert unbiased_cross_entropy(logits, torch.tensor([[[1, 1, 1]]]), old_ids=[1]).item() == pytest.approx(bg, abs=1e-6)
+
+
+def test_unbiased_ce_without_old_classes_is_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, 3)
+    targets = torch.randint(0, 5, (2, 4, 3))
+    targets[0, 0, 0] = 255
+    ref = F.cross_entropy(logits, targets, ignore_index=255)
+    assert torch.allclose(unbiased_cross_entropy(logits, targets, old_ids=[]), ref)
+
+
+def test_unbiased_ce_all_ignored_is_zero_with_gradient():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = unbiased_cross_entropy(logits, torch.full((1, 2, 2), 255), old_ids=[1])
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_unbiased_ce_two_background_slots_for_mask_classification():
+    # queries over [bg, old1, new2, no-object]; both bg and no-object absorb the old class
+    logits = torch.tensor([[0.5, 1.0, -1.0, 2.0]])
+    z = e(0.5) + e(1.0) + e(-1.0) + e(2.0)
+    got = unbiased_cross_entropy(logits, torch.tensor([3]), old_ids=[1], background=(0, 3))
+    assert got.item() == pytest.approx(-math.log((e(2.0) + e(1.0)) / z), abs=1e-6)
+    got = unbiased_cross_entropy(logits, torch.tensor([0]), old_ids=[1], background=(0, 3))
+    assert got.item() == pytest.approx(-math.log((e(0.5) + e(1.0)) / z), abs=1e-6)
+
+
+def test_unbiased_kd_hand_worked():
+    # new model over [bg, old1, new2] = [a0, a1, a2]; old model over [bg, old1] = [b0, b1]
+    a = [0.3, -0.2, 1.1]
+    b = [0.7, -0.4]
+    za = sum(e(x) for x in a)
+    q0, q1 = e(b[0]) / (e(b[0]) + e(b[1])), e(b[1]) / (e(b[0]) + e(b[1]))
+    expected = -(q0 * math.log((e(a[0]) + e(a[2])) / za) + q1 * math.log(e(a[1]) / za)) / 2
+    got = unbiased_distillation(torch.tensor(a).view(1, 3, 1, 1), torch.tensor(b).view(1, 2, 1, 1), new_ids=[2])
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_unbiased_kd_with_trailing_no_object():
+    # mask classification: new [old0, old1, new2, noobj], old [old0, old1, noobj]; no-object absorbs new2
+    a = torch.tensor([[0.2, 0.1, 0.9, -0.3]])
+    b = torch.tensor([[1.0, 0.0, 0.5]])
+    la = a.log_softmax(-1)[0]
+    q = b.softmax(-1)[0]
+    noobj = torch.logsumexp(a[0, [3, 2]], 0) - torch.logsumexp(a[0], 0)
+    expected = -(q[0] * la[0] + q[1] * la[1] + q[2] * noobj) / 3
+    got = unbiased_distillation(a, b, new_ids=[2], background=-1, dim=-1)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_unbiased_kd_without_new_classes_is_plain_distillation_and_mask_zeroes():
+    torch.manual_seed(1)
+    new, old = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    plain = -(old.softmax(1) * new.log_softmax(1)).sum(1).mean() / 4
+    assert torch.allclose(unbiased_distillation(new, old, new_ids=[]), plain)
+    mask = torch.zeros(2, 3, 3)
+    assert unbiased_distillation(new, old, new_ids=[], mask=mask).item() == 0.0
+    with pytest.raises(ValueError, match="old outputs"):
+        unbiased_distillation(torch.randn(1, 5), torch.randn(1, 2), new_ids=[4], dim=1)
+
+
+def test_background_init_preserves_old_probabilities():
+    torch.manual_seed(2)
+    w = torch.randn(3, 8)  # [bg, old1, old2] classifier
+    bias = torch.randn(3)
+    feats = torch.randn(16, 8)
+    old_p = (feats @ w.T + bias).softmax(-1)
+    nw, nb, bg_b = background_init(w[0], bias[0], num_new=2)
+    assert nw.shape == (2, 8) and torch.equal(nw[0], w[0]) and torch.equal(nw[1], w[0])
+    assert torch.allclose(nb, (bias[0] - math.log(3)).repeat(2)) and torch.allclose(bg_b, bias[0] - math.log(3))
+    new_w = torch.cat([w, nw])
+    new_b = torch.cat([bg_b.view(1), bias[1:], nb])
+    new_p = (feats @ new_w.T + new_b).softmax(-1)
+    # old classes unchanged; bg + new share the old background mass equally
+    assert torch.allclose(new_p[:, 1:3], old_p[:, 1:3], atol=1e-6)
+    assert torch.allclose(new_p[:, [0, 3, 4]].sum(-1), old_p[:, 0], atol=1e-6)
+    assert torch.allclose(new_p[:, 3], old_p[:, 0] / 3, atol=1e-6)
