@@ -174,3 +174,23 @@ def test_visualizer_draws_our_annotations(tiny_world):
     img = np.asarray(Image.open(r["file_name"]))
     out = Visualizer(img, MetadataCatalog.get("tiny_shapes_panoptic_val")).draw_dataset_dict(r).get_image()
     assert out.shape == img.shape and not np.array_equal(out, img)
+
+
+def test_register_from_cfg_switches_the_world(tiny_world):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fmwiss_d2.config import add_fmwiss_config
+    from fmwiss_d2.data.datasets.shapes import register_shapes_from_cfg
+
+    spec, cache, root = tiny_world
+    cfg = get_cfg()
+    add_fmwiss_config(cfg)
+    cfg.SHAPES.SEED, cfg.SHAPES.IMAGE_SIZE = spec.seed, spec.image_size
+    cfg.SHAPES.NUM_TRAIN, cfg.SHAPES.NUM_VAL, cfg.SHAPES.CACHE_DIR = spec.num_train, spec.num_val, cache
+    register_shapes_from_cfg(cfg, prefix="cfg_shapes")
+    assert MetadataCatalog.get("cfg_shapes_sem_seg_train").world_root == root
+    assert len(DatasetCatalog.get("cfg_shapes_sem_seg_val")) == spec.num_val
+    cfg.SHAPES.NUM_VAL = 3
+    register_shapes_from_cfg(cfg, prefix="cfg_shapes")
+    assert MetadataCatalog.get("cfg_shapes_sem_seg_train").world_root != root

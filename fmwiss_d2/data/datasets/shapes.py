@@ -464,3 +464,24 @@ def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache
             panoptic_root=pan_root, panoptic_json=pan_json, image_root=image_root, ignore_label=255,
             evaluator_type="coco_panoptic_seg", **meta, **common,
         )
+
+
+def register_shapes_from_cfg(cfg, prefix: str = "shapes") -> WorldSpec:
+    """Re-registers ``{prefix}_*`` for the world described by ``cfg.SHAPES`` (the defaults are registered at
+    import). Tasks built on ``shapes_sem_seg_*`` follow automatically: they look their base up by name."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    spec = WorldSpec(seed=cfg.SHAPES.SEED, image_size=cfg.SHAPES.IMAGE_SIZE, num_train=cfg.SHAPES.NUM_TRAIN,
+                     num_val=cfg.SHAPES.NUM_VAL)
+    cache_dir = cfg.SHAPES.CACHE_DIR or None
+    current = MetadataCatalog.get(f"{prefix}_sem_seg_train").get("world_root")
+    if current == world_root(spec, cache_dir):
+        return spec
+    for kind in ("sem_seg", "instance", "panoptic"):
+        for split in ("train", "val"):
+            name = f"{prefix}_{kind}_{split}"
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)
+    register_shapes(prefix, spec, cache_dir)
+    return spec
