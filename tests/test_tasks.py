@@ -175,3 +175,50 @@ def test_real_dataset_tasks_registered_without_data():
         assert meta.stuff_classes[meta.label_lut[voc_ids[voc_name]]] == coco_name
     step0 = MetadataCatalog.get("coco-to-voc_overlap_step0_train").stuff_classes
     assert len(step0) == 61 and "person" not in step0 and "giraffe" in step0
+
+
+def test_yaml_task_equals_python_registration(handmade, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fmwiss_d2.data.datasets.tasks import export_split, load_task_file, resolve_task
+
+    spec = {"train": "handmade_train", "val": "handmade_val", "settings": ["disjoint"],
+            "steps": [["background", "a", "b"], ["c", "d"]]}
+    py = register_incremental_task("hand_py", spec)
+    f = tmp_path / "hand_yaml.yaml"
+    f.write_text("name: hand_yaml\ntrain: handmade_train\nval: handmade_val\nsettings: [disjoint]\n"
+                 "steps:\n  - [background, a, b]\n  - [c, d]\n")
+    ym = resolve_task(str(f))
+    assert ym.steps == py.steps and ym.settings == py.settings
+    for k in range(2):
+        for split in ("train", "val"):
+            a, b = f"hand_py_disjoint_step{k}_{split}", f"hand_yaml_disjoint_step{k}_{split}"
+            assert DatasetCatalog.get(a) == DatasetCatalog.get(b)
+            ma, mb = MetadataCatalog.get(a).as_dict(), MetadataCatalog.get(b).as_dict()
+            for key in ("name", "task"):
+                ma.pop(key), mb.pop(key)
+            assert ma == mb
+    out = tmp_path / "lists" / "step1_train.txt"
+    # disjoint step 1 (c, d): every image showing c or d, all classes being seen by then -> 1, 2, 3, 4
+    assert export_split(py, "disjoint", 1, "train", str(out)) == 4
+    assert [l.rsplit("/", 1)[-1] for l in out.read_text().splitlines()] == ["1.png", "2.png", "3.png", "4.png"]
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_task_file(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: handmade_train\n")
+    with pytest.raises(TaskDefinitionError, match="needs a top-level 'name:'"):
+        load_task_file(str(bad))
+
+
+def test_shipped_task_files_load(tmp_path):
+    import glob
+    import os
+
+    from fmwiss_d2.data.datasets.tasks import load_task_file
+
+    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "tasks", "*.yaml")))
+    assert files
+    tasks = [load_task_file(f) for f in files]
+    reordered = [t for t in tasks if t.name == "shapes_2-2-2-4_reordered"][0]
+    assert reordered.class_order[:5] == ["background", "heart", "ring", "star", "disc"]
+    assert reordered.old_class_ids(2) == [1, 2, 3, 4] and reordered.new_class_ids(2) == [5, 6]

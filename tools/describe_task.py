@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Prints what an incremental task looks like: per step, its classes, image counts and pixels per class.
 
-    python tools/describe_task.py shapes_6-4 [--yaml configs/tasks/my-task.yaml]
+    python tools/describe_task.py shapes_6-4
+    python tools/describe_task.py configs/tasks/shapes_3-7.yaml --export lists/   # also writes image lists
 """
+import os
 import argparse
 import sys
 
@@ -12,11 +14,12 @@ from tabulate import tabulate
 
 import fmwiss_d2  # noqa: F401  (registers datasets and tasks)
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from fmwiss_d2.data.datasets.tasks import get_task
+from fmwiss_d2.data.datasets.tasks import export_split, resolve_task
 
 
 def describe(name: str) -> str:
-    task = get_task(name)
+    task = resolve_task(name)
+    name = task.name
     rows = []
     for k, step in enumerate(task.steps):
         counts = {}
@@ -46,12 +49,21 @@ def describe(name: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task")
+    parser.add_argument("task", help="a registered task name or a YAML task file")
+    parser.add_argument("--export", metavar="DIR", help="write each step dataset's image list to DIR/<name>.txt")
     args = parser.parse_args(argv)
     try:
         print(describe(args.task))
-    except KeyError as e:
-        sys.exit(str(e.args[0]))
+    except (KeyError, FileNotFoundError) as e:
+        sys.exit(str(e.args[0]) if e.args else str(e))
+    if args.export:
+        task = resolve_task(args.task)
+        for setting in task.settings:
+            for k, step in enumerate(task.steps):
+                for split in ["train"] + [s for s, _ in step.val]:
+                    name = task.dataset_name(setting, k, split)
+                    n = export_split(task, setting, k, split, os.path.join(args.export, name + ".txt"))
+                    print(f"wrote {n:6d} images to {os.path.join(args.export, name + '.txt')}")
 
 
 if __name__ == "__main__":

@@ -327,6 +327,42 @@ def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_c
     return task
 
 
+def load_task_file(path: str) -> IncrementalTask:
+    """Registers the task defined in a YAML file (``name:`` plus the keys of :func:`task_from_dict`)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Task file '{path}' does not exist (see configs/tasks/ for examples)")
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise TaskDefinitionError(f"{path}: a task file needs a top-level 'name:' and the task keys")
+    spec = dict(spec)
+    name = spec.pop("name")
+    return register_incremental_task(name, spec)
+
+
+def resolve_task(name_or_file: str) -> IncrementalTask:
+    """``INCREMENTAL.TASK`` may name a registered task or a YAML task file; returns the task."""
+    if name_or_file.endswith((".yaml", ".yml")):
+        return load_task_file(name_or_file)
+    return get_task(name_or_file)
+
+
+def export_split(task: IncrementalTask, setting: str, step: int, split: str, path: str) -> int:
+    """Writes the image list of one step dataset as plain text (one image file per line, atomically);
+    returns the number of images."""
+    from detectron2.data import DatasetCatalog
+
+    records = DatasetCatalog.get(task.dataset_name(setting, step, split))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(r["file_name"] + "\n" for r in records)
+    os.replace(tmp, path)
+    return len(records)
+
+
 def register_builtin_tasks() -> None:
     """Registers the built-in tasks whose base datasets are registered (absent real data is fine)."""
     from detectron2.data import DatasetCatalog
