@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny synthetic world generated once per test session in a temporary cache."""
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("FMWISS_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "tests"))
 
@@ -25,3 +27,30 @@ def tiny_world(tiny_spec, tmp_path_factory):
     if "tiny_shapes_sem_seg_train" not in DatasetCatalog.list():
         register_shapes("tiny_shapes", tiny_spec, cache)
     return tiny_spec, cache, root
+
+
+HANDMADE_CLASSES = ["background", "a", "b", "c", "d"]
+# image -> classes painted in its mask (besides background); hand-chosen to separate the rules
+HANDMADE_IMAGES = {0: {"a"}, 1: {"a", "c"}, 2: {"c"}, 3: {"c", "d"}, 4: {"d", "b"}, 5: set(), 6: {"b"}}
+
+
+@pytest.fixture(scope="session")
+def handmade(tmp_path_factory):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    root = tmp_path_factory.mktemp("handmade")
+    records = []
+    for i, present in HANDMADE_IMAGES.items():
+        mask = np.zeros((8, 8), np.uint8)
+        for k, name in enumerate(sorted(present)):
+            mask[k * 3 : k * 3 + 2, 1:5] = HANDMADE_CLASSES.index(name)
+        mask[7, :] = 255  # a border band
+        fn = str(root / f"{i}.png")
+        Image.fromarray(mask).save(fn)
+        records.append({"file_name": fn, "sem_seg_file_name": fn, "height": 8, "width": 8, "image_id": i})
+    for split in ("train", "val"):
+        name = f"handmade_{split}"
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, lambda: [dict(r) for r in records])
+            MetadataCatalog.get(name).set(stuff_classes=HANDMADE_CLASSES, ignore_label=255, evaluator_type="sem_seg")
+    return records

@@ -7,31 +7,7 @@ from fmwiss_d2.data.datasets.tasks import (
     TaskDefinitionError, builtin_task_table, get_task, register_incremental_task, task_from_dict,
 )
 
-CLASSES = ["background", "a", "b", "c", "d"]
-# image -> classes painted in its mask (besides background); hand-chosen to separate the rules
-IMAGES = {0: {"a"}, 1: {"a", "c"}, 2: {"c"}, 3: {"c", "d"}, 4: {"d", "b"}, 5: set(), 6: {"b"}}
-
-
-@pytest.fixture(scope="module")
-def handmade(tmp_path_factory):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    root = tmp_path_factory.mktemp("handmade")
-    records = []
-    for i, present in IMAGES.items():
-        mask = np.zeros((8, 8), np.uint8)
-        for k, name in enumerate(sorted(present)):
-            mask[k * 3 : k * 3 + 2, 1:5] = CLASSES.index(name)
-        mask[7, :] = 255  # a border band
-        fn = str(root / f"{i}.png")
-        Image.fromarray(mask).save(fn)
-        records.append({"file_name": fn, "sem_seg_file_name": fn, "height": 8, "width": 8, "image_id": i})
-    for split in ("train", "val"):
-        name = f"handmade_{split}"
-        if name not in DatasetCatalog.list():
-            DatasetCatalog.register(name, lambda: [dict(r) for r in records])
-            MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=255, evaluator_type="sem_seg")
-    return records
+from conftest import HANDMADE_CLASSES as CLASSES  # noqa: E402
 
 
 def _ids(name):

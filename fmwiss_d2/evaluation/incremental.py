@@ -1,0 +1,156 @@
+"""Evaluation of incremental steps: old / new / all / background mIoU, per-class IoU, forgetting, plots.
+
+MiB reports, after the last step, the mIoU of the base classes ("old", 1..base, background excluded), of
+every class added after step 0 ("new"), and of all seen classes including the background ("all"). The
+evaluator below subclasses detectron2's ``SemSegEvaluator``, so the confusion matrix, the IoU definition
+(classes without ground truth pixels are left out of the mean) and distributed gathering are detectron2's;
+it only reads the ground truth through the step's ``label_lut`` (unseen classes -> 255) and adds the
+grouped means.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
+
+GROUPS = ("old", "new", "all")
+
+
+def class_groups(meta) -> dict[str, list[int]]:
+    """Model ids per reporting group for a task step's metadata (see module docstring)."""
+    from fmwiss_d2.data.datasets.tasks import get_task
+
+    n_seen = len(meta.stuff_classes)
+    if meta.get("task") is None:  # an ordinary dataset: everything is "all"
+        return {"old": list(range(1, n_seen)), "new": [], "all": list(range(n_seen))}
+    task = get_task(meta.task)
+    n_base = len(task.steps[0].classes)
+    return {"old": list(range(1, n_base)), "new": list(range(n_base, n_seen)), "all": list(range(n_seen))}
+
+
+def grouped_miou(iou: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Mean IoU (in %) per group, over the group's classes whose IoU is defined (not NaN)."""
+    out = {}
+    for g, ids in groups.items():
+        vals = iou[ids] if ids else np.array([])
+        vals = vals[~np.isnan(vals)]
+        out[f"mIoU_{g}"] = float(100 * vals.mean()) if vals.size else float("nan")
+    out["IoU_background"] = float(100 * iou[0]) if not np.isnan(iou[0]) else float("nan")
+    return out
+
+
+class IncrementalSemSegEvaluator(SemSegEvaluator):
+    """``SemSegEvaluator`` for a task's step dataset (``{task}_{setting}_step{k}_val``), or any dataset whose
+    metadata carries ``label_lut``; adds ``mIoU_old``, ``mIoU_new``, ``mIoU_all`` and ``IoU_background``."""
+
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str | None = None):
+        meta = MetadataCatalog.get(dataset_name)
+        lut = np.asarray(meta.label_lut, dtype=np.int64) if meta.get("label_lut") is not None else None
+
+        def load(filename, dtype=int):
+            gt = load_image_into_numpy_array(filename, dtype=np.int64)
+            return (lut[gt] if lut is not None else gt).astype(dtype)
+
+        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, sem_seg_loading_fn=load)
+        self._groups = class_groups(meta)
+        self._meta = meta
+
+    def per_class_iou(self) -> np.ndarray:
+        """IoU per class from the accumulated confusion matrix, NaN where no ground truth (as detectron2)."""
+        cm = self._conf_matrix[:-1, :-1].astype(float)
+        tp = cm.diagonal()
+        pos_gt, pos_pred = cm.sum(0), cm.sum(1)
+        union = pos_gt + pos_pred - tp
+        iou = np.full(len(tp), np.nan)
+        valid = (pos_gt > 0) & (union > 0)
+        iou[valid] = tp[valid] / union[valid]
+        return iou
+
+    def evaluate(self):
+        results = super().evaluate()
+        if results is None:  # not the main process
+            return None
+        res = results["sem_seg"]
+        res.update(grouped_miou(self.per_class_iou(), self._groups))
+        if self._output_dir:
+            record = {"dataset": self._dataset_name, "task": self._meta.get("task"), "step": self._meta.get("step"),
+                      "classes": list(self._meta.stuff_classes), "metrics": dict(res)}
+            atomic_write_json(os.path.join(self._output_dir, "incremental_results.json"), record)
+        return OrderedDict({"sem_seg": res})
+
+
+# ---------------------------------------------------------------------------------- across steps
+def atomic_write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=lambda x: None, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def forgetting(per_step_iou: list[dict[str, float]]) -> dict[str, float]:
+    """Per class: best IoU at any earlier step minus IoU at the last step (classes seen before the last)."""
+    if len(per_step_iou) < 2:
+        return {}
+    last = per_step_iou[-1]
+    out = {}
+    for c, v in last.items():
+        earlier = [s[c] for s in per_step_iou[:-1] if c in s and not _isnan(s[c])]
+        if earlier and not _isnan(v):
+            out[c] = max(earlier) - v
+    return out
+
+
+def _isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def write_summary(rows: list[dict], csv_path: str) -> None:
+    """rows: dicts with method, step, mIoU_old, mIoU_new, mIoU_all, IoU_background (one per method and step)."""
+    keys = ["method", "step", "mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"]
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(csv_path)), suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(r[k], 2) if isinstance(r.get(k), float) else r.get(k)) for k in keys})
+    os.replace(tmp, csv_path)
+
+
+def plot_steps(rows: list[dict], png_path: str, title: str = "") -> None:
+    """One panel per group (old / new / all), one line per method, mIoU against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    for ax, g in zip(axes, GROUPS):
+        for m in methods:
+            pts = [(r["step"], r[f"mIoU_{g}"]) for r in rows if r["method"] == m and not _isnan(r.get(f"mIoU_{g}"))]
+            if pts:
+                xs, ys = zip(*sorted(pts))
+                ax.plot(xs, ys, marker="o", label=m)
+        ax.set_title(f"{g} classes")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%)")
+    axes[-1].legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)
