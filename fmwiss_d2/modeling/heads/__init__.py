@@ -1,0 +1,3 @@
+from .classifier import IncrementalClassifier
+
+__all__ = ["IncrementalClassifier"]

@@ -1,0 +1,62 @@
+"""Extensible classifier shared by the mask-classification and per-pixel model families."""
+from typing import List
+
+import torch
+from torch import nn
+
+
+class IncrementalClassifier(nn.Module):
+    """Linear classifier made of one group of outputs per incremental step.
+
+    The logits are the concatenation ``[group_0(x), group_1(x), ..., group_T(x)]`` (+ ``[no_object(x)]`` when
+    ``no_object=True``, always the last logit). :meth:`expand` appends a new group, so the logits of the old
+    classes stay exactly what they were. Works on any layout through ``dim``: ``dim=-1`` for query
+    embeddings ``(N, Q, C)``, ``dim=1`` for feature maps ``(N, C, H, W)`` (a 1x1 convolution).
+    """
+
+    def __init__(self, in_dim: int, classes_per_step: List[int], *, no_object: bool = False):
+        """
+        Args:
+            in_dim: input feature width.
+            classes_per_step: number of classes learned at each step (e.g. ``[16, 1, 1]``).
+            no_object: append one extra "no object" logit after all class logits (Mask2Former).
+        """
+        super().__init__()
+        assert len(classes_per_step) > 0 and all(int(c) > 0 for c in classes_per_step), classes_per_step
+        self.in_dim = in_dim
+        self.classes_per_step = [int(c) for c in classes_per_step]
+        self.cls = nn.ModuleList([nn.Linear(in_dim, c) for c in self.classes_per_step])
+        self.no_object = nn.Linear(in_dim, 1) if no_object else None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes (without the no-object logit)."""
+        return sum(self.classes_per_step)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes + (1 if self.no_object is not None else 0)
+
+    def expand(self, num_new: int) -> nn.Linear:
+        """Appends a group of ``num_new`` classes; returns the new layer (strategies may re-initialise it)."""
+        ref = self.cls[0].weight
+        layer = nn.Linear(self.in_dim, int(num_new)).to(device=ref.device, dtype=ref.dtype)
+        self.cls.append(layer)
+        self.classes_per_step.append(int(num_new))
+        return layer
+
+    def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        x = x.movedim(dim, -1)
+        heads = list(self.cls) + ([self.no_object] if self.no_object is not None else [])
+        out = torch.cat([h(x) for h in heads], dim=-1)
+        return out.movedim(-1, dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Grow to the number of groups stored in the checkpoint (e.g. resuming a later incremental step).
+        i = len(self.cls)
+        while prefix + f"cls.{i}.weight" in state_dict:
+            self.expand(state_dict[prefix + f"cls.{i}.weight"].shape[0])
+            i += 1
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)

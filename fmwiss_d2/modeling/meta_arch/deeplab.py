@@ -1,0 +1,125 @@
+"""Per-pixel DeepLabV3 meta-architecture (ResNet, output stride 16, ASPP head)."""
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import ASPP
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..heads.classifier import IncrementalClassifier
+
+__all__ = ["DeepLabV3"]
+
+
+@META_ARCH_REGISTRY.register()
+class DeepLabV3(nn.Module):
+    """backbone feature (stride 16) -> ASPP (1x1, three atrous 3x3, image pooling; concatenated, projected)
+    -> per-pixel :class:`IncrementalClassifier` -> logits, upsampled bilinearly to the image.
+
+    As in :class:`MaskFormer`, raw outputs (:meth:`forward_outputs`), :meth:`losses` and :meth:`inference`
+    are separate methods.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        aspp_channels: int,
+        aspp_dilations: Sequence[int],
+        aspp_dropout: float,
+        norm: str,
+        classes_per_step: List[int],
+        ignore_value: int,
+        loss_weight: float,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 0,
+    ):
+        """
+        Args:
+            backbone: returns a dict of feature maps containing ``in_feature``.
+            in_feature: feature fed to ASPP.
+            aspp_channels / aspp_dilations / aspp_dropout: ASPP width, atrous rates, dropout after projection.
+            norm: norm of the ASPP convolutions.
+            classes_per_step: class groups of the per-pixel classifier (class 0 of step 0 is the background).
+            ignore_value: label ignored by the loss.
+            loss_weight: weight of the cross-entropy.
+            pixel_mean / pixel_std: input normalisation.
+            size_divisibility: images are padded to a multiple of this (0 = backbone's own).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        in_channels = backbone.output_shape()[in_feature].channels
+        self.aspp = ASPP(in_channels, aspp_channels, list(aspp_dilations), norm=norm, activation=F.relu,
+                         dropout=aspp_dropout)
+        self.classifier = IncrementalClassifier(aspp_channels, classes_per_step)
+        self.ignore_value = ignore_value
+        self.loss_weight = loss_weight
+        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        d = cfg.MODEL.DEEPLAB
+        return {
+            "backbone": build_backbone(cfg),
+            "in_feature": d.IN_FEATURE,
+            "aspp_channels": d.ASPP_CHANNELS,
+            "aspp_dilations": d.ASPP_DILATIONS,
+            "aspp_dropout": d.ASPP_DROPOUT,
+            "norm": d.NORM,
+            "classes_per_step": list(cfg.MODEL.CLASSES_PER_STEP) or [cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES],
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "loss_weight": d.LOSS_WEIGHT,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward_outputs(self, images: torch.Tensor) -> Dict:
+        """``pred_logits`` (N, K, H, W) at the image resolution and ``features`` (N, C, H/16, W/16)."""
+        features = self.aspp(self.backbone(images)[self.in_feature])
+        logits = self.classifier(features, dim=1)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return {"pred_logits": logits, "features": features}
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
+        """(N, H_pad, W_pad) int64 labels, padding = ignore."""
+        sem = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        return ImageList.from_tensors(sem, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
+
+    def losses(self, outputs: Dict, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``loss_sem_seg = loss_weight * mean over non-ignored pixels of CE(logits(x), y(x))``."""
+        loss = F.cross_entropy(outputs["pred_logits"].float(), targets, ignore_index=self.ignore_value)
+        return {"loss_sem_seg": loss * self.loss_weight}
+
+    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        results = []
+        for logits, x, image_size in zip(outputs["pred_logits"], batched_inputs, images.image_sizes):
+            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            results.append({"sem_seg": sem_seg_postprocess(logits.softmax(0), image_size, height, width)})
+        return results
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_images(batched_inputs)
+        outputs = self.forward_outputs(images.tensor)
+        if self.training:
+            return self.losses(outputs, self.prepare_targets(batched_inputs, images))
+        return self.inference(outputs, batched_inputs, images)

@@ -1,0 +1,193 @@
+"""Multi-scale deformable-attention pixel decoder (Mask2Former, Sec. 4 "pixel decoder")."""
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+
+from ..position_encoding import PositionEmbeddingSine
+from . import PIXEL_DECODER_REGISTRY
+
+__all__ = ["MSDeformAttnEncoderLayer", "MSDeformAttnEncoder", "MSDeformAttnPixelDecoder"]
+
+
+class MSDeformAttnEncoderLayer(nn.Module):
+    """Post-norm layer: multi-scale deformable self-attention, then a feed-forward network."""
+
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int):
+        super().__init__()
+        from ..ops import MSDeformAttn  # imported here: importing the package never needs the compiled op
+
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        src = self.norm1(src + self.dropout(attn))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout(ffn))
+
+
+class MSDeformAttnEncoder(nn.Module):
+    """A stack of :class:`MSDeformAttnEncoderLayer` over the flattened levels (coarse to fine)."""
+
+    def __init__(self, d_model=256, n_heads=8, num_layers=6, d_ffn=1024, dropout=0.0, n_levels=3, n_points=4):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [MSDeformAttnEncoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points) for _ in range(num_layers)]
+        )
+        self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
+        nn.init.normal_(self.level_embed)
+
+    @staticmethod
+    def reference_points(spatial_shapes: torch.Tensor, n_levels: int, batch: int, device) -> torch.Tensor:
+        """Pixel centres of every level, normalised to [0, 1]: (batch, sum H*W, n_levels, 2) as (x, y)."""
+        refs = []
+        for h, w in spatial_shapes.tolist():
+            ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+            xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+            ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
+            refs.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
+        ref = torch.cat(refs, 0)
+        return ref[None, :, None, :].expand(batch, -1, n_levels, -1)
+
+    def forward(self, srcs: List[torch.Tensor], pos_embeds: List[torch.Tensor]):
+        """srcs/pos_embeds: per level (N, C, H, W). Returns (N, sum H*W, C), spatial_shapes, level_start_index."""
+        flat, flat_pos, shapes = [], [], []
+        for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds)):
+            shapes.append(src.shape[-2:])
+            flat.append(src.flatten(2).transpose(1, 2))
+            flat_pos.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
+        src = torch.cat(flat, 1)
+        pos = torch.cat(flat_pos, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        ref = self.reference_points(spatial_shapes, len(srcs), src.shape[0], src.device).to(src.dtype)
+        for layer in self.layers:
+            src = layer(src, pos, ref, spatial_shapes, level_start_index)
+        return src, spatial_shapes, level_start_index
+
+
+@PIXEL_DECODER_REGISTRY.register()
+class MSDeformAttnPixelDecoder(nn.Module):
+    """Deformable-attention encoder over the coarsest backbone levels, then FPN-style top-down laterals to the
+    finer levels; the finest output, projected to ``mask_dim``, is the per-pixel mask feature map."""
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        transformer_in_features: List[str],
+        conv_dim: int,
+        mask_dim: int,
+        norm: str = "GN",
+        transformer_dropout: float = 0.0,
+        transformer_nheads: int = 8,
+        transformer_dim_feedforward: int = 1024,
+        transformer_enc_layers: int = 6,
+        transformer_n_points: int = 4,
+        common_stride: int = 4,
+    ):
+        """
+        Args:
+            input_shape: backbone feature name -> ShapeSpec.
+            transformer_in_features: features encoded by deformable attention (e.g. res3, res4, res5).
+            conv_dim: width of the decoder (and of its multi-scale outputs).
+            mask_dim: width of the mask features.
+            norm: norm of the lateral/output convolutions ("GN" = GroupNorm(32)).
+            transformer_dropout / transformer_nheads / transformer_dim_feedforward / transformer_enc_layers /
+            transformer_n_points: deformable encoder sizes.
+            common_stride: stride of the mask features (FPN levels are added down to this stride).
+        """
+        super().__init__()
+        shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)  # fine -> coarse
+        self.in_features = [k for k, _ in shapes]
+        tr = sorted([(k, input_shape[k]) for k in transformer_in_features], key=lambda kv: kv[1].stride)
+        self.transformer_in_features = [k for k, _ in tr][::-1]  # coarse -> fine
+        self.transformer_num_levels = len(tr)
+        self.input_proj = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(input_shape[k].channels, conv_dim, 1), nn.GroupNorm(32, conv_dim))
+                for k in self.transformer_in_features
+            ]
+        )
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+        self.encoder = MSDeformAttnEncoder(
+            d_model=conv_dim,
+            n_heads=transformer_nheads,
+            num_layers=transformer_enc_layers,
+            d_ffn=transformer_dim_feedforward,
+            dropout=transformer_dropout,
+            n_levels=self.transformer_num_levels,
+            n_points=transformer_n_points,
+        )
+        self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+        self.mask_dim = mask_dim
+        self.mask_features = Conv2d(conv_dim, mask_dim, 1)
+        nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+        nn.init.constant_(self.mask_features.bias, 0)
+        self.maskformer_num_feature_levels = min(3, self.transformer_num_levels)
+
+        # FPN levels finer than the encoded ones, down to common_stride.
+        min_stride = min(s.stride for _, s in tr)
+        num_fpn = int(np.log2(min_stride) - np.log2(common_stride))
+        self.fpn_features = [k for k, s in shapes if s.stride < min_stride][::-1][:num_fpn]  # coarse -> fine
+        self.lateral_convs = nn.ModuleList()
+        self.output_convs = nn.ModuleList()
+        use_bias = norm == ""
+        for k in self.fpn_features:
+            lat = Conv2d(input_shape[k].channels, conv_dim, 1, bias=use_bias, norm=get_norm(norm, conv_dim))
+            out = Conv2d(conv_dim, conv_dim, 3, padding=1, bias=use_bias, norm=get_norm(norm, conv_dim),
+                         activation=F.relu)
+            for c in (lat, out):
+                nn.init.kaiming_uniform_(c.weight, a=1)
+                if c.bias is not None:
+                    nn.init.constant_(c.bias, 0)
+            self.lateral_convs.append(lat)
+            self.output_convs.append(out)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        h = cfg.MODEL.SEM_SEG_HEAD
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in h.IN_FEATURES},
+            "transformer_in_features": h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
+            "conv_dim": h.CONVS_DIM,
+            "mask_dim": h.MASK_DIM,
+            "norm": h.NORM,
+            "transformer_dropout": h.DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT,
+            "transformer_nheads": h.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+            "transformer_dim_feedforward": h.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+            "transformer_enc_layers": h.TRANSFORMER_ENC_LAYERS,
+            "transformer_n_points": h.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            "common_stride": h.COMMON_STRIDE,
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor]):
+        """Returns ``(mask_features (N, mask_dim, H/4, W/4), [multi-scale features, coarse to fine])``."""
+        device_type = next(iter(features.values())).device.type
+        with torch.autocast(device_type=device_type, enabled=False):  # the encoder runs in float32 under AMP
+            srcs = [proj(features[k].float()) for proj, k in zip(self.input_proj, self.transformer_in_features)]
+            pos = [self.pe_layer(s) for s in srcs]
+            memory, shapes, starts = self.encoder(srcs, pos)
+        n = memory.shape[0]
+        outs = []
+        for lvl, (h, w) in enumerate(shapes.tolist()):
+            start = int(starts[lvl])
+            outs.append(memory[:, start:start + h * w].transpose(1, 2).reshape(n, -1, h, w))
+        for k, lat, out_conv in zip(self.fpn_features, self.lateral_convs, self.output_convs):
+            x = features[k].float()
+            y = lat(x) + F.interpolate(outs[-1], size=x.shape[-2:], mode="bilinear", align_corners=False)
+            outs.append(out_conv(y))
+        return self.mask_features(outs[-1]), outs[: self.maskformer_num_feature_levels]
