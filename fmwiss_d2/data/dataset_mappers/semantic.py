@@ -1,0 +1,128 @@
+"""Semantic segmentation records -> model inputs (per-pixel labels, and per-class masks for mask classification)."""
+import copy
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
+
+from . import DATASET_MAPPER_REGISTRY
+from .augmentations import build_augmentations
+
+__all__ = ["SemanticDatasetMapper", "semantic_to_instances"]
+
+
+def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
+    """One binary mask per class present in ``sem_seg`` (H, W) (``ignore_label`` excluded):
+    ``gt_classes`` (M,) int64 sorted, ``gt_masks`` (M, H, W) bool tensor."""
+    classes = torch.unique(sem_seg)
+    classes = classes[classes != ignore_label].long()
+    inst = Instances(tuple(sem_seg.shape[-2:]))
+    inst.gt_classes = classes
+    inst.gt_masks = (sem_seg[None] == classes.view(-1, 1, 1)) if len(classes) else \
+        torch.zeros((0, *sem_seg.shape[-2:]), dtype=torch.bool)
+    return inst
+
+
+class SemanticDatasetMapper:
+    """Reads ``file_name`` and ``sem_seg_file_name``; applies the augmentations to both; pads to
+    ``size_divisibility`` (image with 0, labels with ``ignore_label``). Output: ``image`` (3, H, W) uint8-valued
+    float tensor, ``sem_seg`` (H, W) int64, ``height``/``width`` of the record and, when ``with_instances``,
+    ``instances`` (see :func:`semantic_to_instances`). An optional ``label_lut`` (old id -> new id, e.g. an
+    incremental step's remapping) is applied with one lookup."""
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        ignore_label: int,
+        size_divisibility: int = -1,
+        with_instances: bool = True,
+        label_lut: List[int] = None,
+    ):
+        """
+        Args:
+            is_train: training mode (annotations are read and returned).
+            augmentations: applied to image and labels.
+            image_format: detectron2 image format ("RGB", "BGR").
+            ignore_label: label of ignored pixels.
+            size_divisibility: pad to a multiple of this (<= 0: no padding).
+            with_instances: also return per-class masks as ``instances``.
+            label_lut: optional lookup table applied to the labels (255 maps to itself unless given).
+        """
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility
+        self.with_instances = with_instances
+        self.label_lut = None
+        if label_lut is not None:
+            lut = np.full(256, ignore_label, dtype=np.int64)
+            lut[: len(label_lut)] = label_lut
+            self.label_lut = lut
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, *, with_instances: bool = True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentations(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "with_instances": with_instances,
+            # an incremental step's label remapping, defined once by the task (fmwiss_d2/data/datasets/tasks.py)
+            "label_lut": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("label_lut") if is_train and cfg.DATASETS.TRAIN
+            else None,
+        }
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        sem_seg = None
+        if "sem_seg_file_name" in dataset_dict and self.is_train:
+            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("int64")
+            if sem_seg.ndim == 3:
+                sem_seg = sem_seg[..., 0]
+            if self.label_lut is not None:
+                sem_seg = self.label_lut[sem_seg]
+            sem_seg = sem_seg.astype("double")  # resizing needs a float array (nearest keeps integers exact)
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        self.augmentations(aug_input)
+        image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            sem_seg = torch.as_tensor(aug_input.sem_seg.astype("int64"))
+        if self.size_divisibility > 0:
+            h, w = image.shape[-2:]
+            pad = (0, -w % self.size_divisibility, 0, -h % self.size_divisibility)
+            image = F.pad(image, pad, value=0)
+            if sem_seg is not None:
+                sem_seg = F.pad(sem_seg, pad, value=self.ignore_label)
+        dataset_dict["image"] = image
+        if sem_seg is not None:
+            dataset_dict["sem_seg"] = sem_seg.long()
+            if self.with_instances:
+                dataset_dict["instances"] = semantic_to_instances(sem_seg, self.ignore_label)
+        return dataset_dict
+
+
+@DATASET_MAPPER_REGISTRY.register()
+def mask_former_semantic(cfg, is_train):
+    """Semantic labels + per-class masks (for mask classification)."""
+    return SemanticDatasetMapper(cfg, is_train, with_instances=True)
+
+
+@DATASET_MAPPER_REGISTRY.register()
+def per_pixel_semantic(cfg, is_train):
+    """Semantic labels only (for per-pixel models)."""
+    return SemanticDatasetMapper(cfg, is_train, with_instances=False)
