@@ -1,0 +1,105 @@
+"""The trainer used for every model, task and step: detectron2's DefaultTrainer with the data mapper, the
+evaluators and the optimizer chosen from the config through registries."""
+import logging
+import weakref
+from collections import OrderedDict
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.dataset_mappers import build_dataset_mapper
+from ..evaluation import build_evaluator, format_metrics_table
+from .data_loader import build_deterministic_train_loader
+from .hooks import IterationSeedHook
+from .solver import build_lr_scheduler, build_optimizer
+
+__all__ = ["Trainer"]
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with: registry-chosen mappers (``INPUT.DATASET_MAPPER_NAME``) and evaluators
+    (``TEST.EVALUATOR_TYPES`` or the dataset's ``evaluator_type``); a training stream that resumes exactly
+    (see :mod:`fmwiss_d2.engine.data_loader`); DDP that works on CPU (Gloo) as well as on GPUs; AdamW/SGD with
+    Mask2Former's parameter groups and full-model gradient clipping; the poly schedule."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        amp = cfg.SOLVER.AMP.ENABLED and not on_cpu
+        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if self.cfg.SEED >= 0:
+            hooks.insert(0, IterationSeedHook(self.cfg.SEED))
+        return hooks
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:  # continue the training stream where the checkpoint left it
+            self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, start_iter=self.start_iter))
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        mapper = build_dataset_mapper(cfg, is_train=True)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_deterministic_train_loader(
+            dataset, mapper, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, seed=seed, start_iter=start_iter,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        import os
+
+        return build_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            named = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results})
+            logging.getLogger("detectron2").info("Metrics:\n" + format_metrics_table(named))
+        return results
+
+
+def default_device_check(cfg):
+    """Falls back to the CPU when the config asks for CUDA on a machine without a GPU."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
