@@ -106,3 +106,27 @@ def _add_model_config(cfg):
 def _add_foundation_config(cfg):
     """Foundation models (CLIP, DINO): where their checkpoints come from."""
     # --- foundation models ---
+    # CLIP (open_clip): class-aware image-text model; dense maps via MaskCLIP's value path.
+    cfg.MODEL.CLIP = CN()
+    cfg.MODEL.CLIP.MODEL_NAME = "ShapesCLIP-Tiny"  # open_clip model name (e.g. "ViT-B-16") or a model-config JSON path
+    cfg.MODEL.CLIP.CHECKPOINT = "auto:shapes"  # local file, open_clip pretrained tag, "auto:shapes" (pretrain if absent), "" (random)
+    cfg.MODEL.CLIP.FORCE_QUICK_GELU = False  # QuickGELU activations (OpenAI's weights) for a name without "-quickgelu"
+    cfg.MODEL.CLIP.PROMPT_TEMPLATES = []  # prompt templates with one "{}"; [] = foundation.clip.DEFAULT_TEMPLATES
+    cfg.MODEL.CLIP.BACKGROUND_NAMES = ["sky", "wall", "grass", "sand"]  # background prompts competing in dense maps
+    cfg.MODEL.CLIP.PRETRAIN = CN()  # "auto:shapes" pretraining on the world of cfg.SHAPES (all enter the cache key)
+    cfg.MODEL.CLIP.PRETRAIN.STEPS = 1000  # optimizer steps of contrastive image-caption training
+    cfg.MODEL.CLIP.PRETRAIN.BATCH_SIZE = 128  # image-caption pairs per step
+    cfg.MODEL.CLIP.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
+    cfg.MODEL.CLIP.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
+
+    # DINO (timm ViT): class-agnostic self-supervised ViT; last-layer CLS attention and keys.
+    cfg.MODEL.DINO = CN()
+    cfg.MODEL.DINO.ARCH = "dino_shapes_tiny"  # "vit_tiny"/"vit_small"/"vit_base" (DINO's), a model_configs stem or a JSON path
+    cfg.MODEL.DINO.PATCH_SIZE = 0  # patch size override (8 or 16 for DINO's releases); 0 = the architecture's own
+    cfg.MODEL.DINO.CHECKPOINT = "auto:shapes"  # DINO-format file, "auto:shapes" (pretrain if absent) or "" (random)
+    cfg.MODEL.DINO.CHECKPOINT_KEY = "teacher"  # network of a full training checkpoint to load ("teacher" or "student")
+    cfg.MODEL.DINO.PRETRAIN = CN()  # "auto:shapes" pretraining on the world of cfg.SHAPES (all enter the cache key)
+    cfg.MODEL.DINO.PRETRAIN.STEPS = 500  # optimizer steps of self-distillation
+    cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global + local crops)
+    cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
+    cfg.MODEL.DINO.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed

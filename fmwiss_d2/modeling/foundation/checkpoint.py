@@ -1,0 +1,128 @@
+"""Checkpoint helpers shared by the CLIP and DINO wrappers and their pretraining tools.
+
+* :func:`read_checkpoint` reads a file and names it when it is missing or unreadable;
+* :func:`check_state_dict` compares a checkpoint with a model key by key and shape by shape and raises a
+  :class:`CheckpointMismatchError` naming the file, the expected architecture and the first differences;
+* :func:`atomic_save` writes through a temporary sibling file renamed into place;
+* :func:`cache_key` hashes the (seed, data, config) a pretrained model depends on;
+* :func:`file_lock` serializes concurrent pretraining of the same cached model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import Iterator, Mapping
+
+import torch
+
+__all__ = [
+    "CheckpointMismatchError", "read_checkpoint", "check_state_dict", "atomic_save", "cache_key", "file_lock",
+    "foundation_cache_dir",
+]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the architecture it is loaded into."""
+
+
+def foundation_cache_dir(cache_dir: str | None = None) -> str:
+    """Folder of the cached tiny foundation models: ``<cache>/foundation`` (cache = $FMWISS_CACHE or ~/.cache)."""
+    from fmwiss_d2.data.datasets.shapes import default_cache_dir
+
+    return os.path.join(cache_dir or default_cache_dir(), "foundation")
+
+
+def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """Loads ``path`` on the CPU. Plain pickles of tensors load with ``weights_only=True``; TorchScript
+    archives (OpenAI's released CLIP files) are read through ``torch.jit.load`` and give their state dict."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path!r} (no such file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - retried as TorchScript below, re-raised with the file name
+        first_error = e
+    try:
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception:  # noqa: BLE001
+        pass
+    raise RuntimeError(f"cannot read {what} {path!r}: {first_error}") from first_error
+
+
+def check_state_dict(
+    model_state: Mapping[str, torch.Tensor],
+    ckpt_state: Mapping[str, torch.Tensor],
+    *,
+    path: str,
+    architecture: str,
+    max_report: int = 5,
+) -> None:
+    """Raises :class:`CheckpointMismatchError` unless both dicts have the same keys with the same shapes.
+
+    The message names the file, the architecture the model was built as, and the first ``max_report``
+    missing keys, unexpected keys and shape mismatches (with both shapes).
+    """
+    missing = [k for k in model_state if k not in ckpt_state]
+    unexpected = [k for k in ckpt_state if k not in model_state]
+    shapes = [
+        f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def _few(items):
+        more = f" (+{len(items) - max_report} more)" if len(items) > max_report else ""
+        return ", ".join(items[:max_report]) + more
+
+    lines = [f"checkpoint {path!r} does not match the expected architecture {architecture}:"]
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatches: {_few(shapes)}")
+    if missing:
+        lines.append(f"  {len(missing)} keys missing from the checkpoint: {_few(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint: {_few(unexpected)}")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the destination folder, then rename it into place (readable 0644)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def cache_key(*parts) -> str:
+    """A short stable hash of JSON-serializable parts (seed, world spec, model config, training config)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive advisory lock on ``path + '.lock'`` (POSIX); a no-op where ``fcntl`` is unavailable."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

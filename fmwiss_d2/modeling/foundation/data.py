@@ -1,0 +1,112 @@
+"""In-memory synthetic-world data and batched augmentations for the tiny foundation-model pretraining.
+
+The whole training split of the default world (2000 images of 128x128) is 98 MB of uint8, so it is read once
+and every augmentation runs batched on tensors: random-resized crops are one ``roi_align`` call for the batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmwiss_d2.data.datasets.shapes import WorldSpec, ensure_world, load_shapes_sem_seg
+
+__all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "instance_crops"]
+
+
+def load_world_split(spec: WorldSpec, split: str, cache_dir: str | None = None, with_masks: bool = False):
+    """``(images uint8 (N, 3, S, S), records)`` (and masks uint8 (N, S, S) when ``with_masks``)."""
+    records = load_shapes_sem_seg(spec, split, cache_dir)
+    images = np.stack([np.asarray(Image.open(r["file_name"]).convert("RGB")) for r in records])
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    if not with_masks:
+        return images, records
+    masks = torch.from_numpy(np.stack([np.asarray(Image.open(r["sem_seg_file_name"])) for r in records]))
+    return images, records, masks
+
+
+def random_resized_crops(
+    images: torch.Tensor,
+    out_size: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """One random crop per image (area share in ``scale``, aspect in ``ratio``), resized to ``out_size``.
+
+    ``images`` float ``(B, C, H, W)``; returns ``(B, C, out_size, out_size)``.
+    """
+    from torchvision.ops import roi_align
+
+    b, _, h, w = images.shape
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator) * h * w
+    log_r = torch.empty(b).uniform_(np.log(ratio[0]), np.log(ratio[1]), generator=generator)
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(4, w)
+    ch = torch.sqrt(area / r).clamp(4, h)
+    x0 = torch.rand(b, generator=generator) * (w - cw)
+    y0 = torch.rand(b, generator=generator) * (h - ch)
+    boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
+    return roi_align(images, boxes.to(images), output_size=out_size, spatial_scale=1.0, sampling_ratio=2,
+                     aligned=True)
+
+
+def flip_horizontal(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=generator) < p
+    out = images.clone()
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def color_jitter(images: torch.Tensor, generator: torch.Generator, brightness=0.3, contrast=0.3,
+                 saturation=0.3) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors in ``1 +- amount``; images in [0, 255]."""
+    b = images.shape[0]
+
+    def _f(a):
+        return (1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * a).to(images)
+
+    x = images * _f(brightness)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * _f(contrast) + mean
+    gray = x.mean(dim=1, keepdim=True)
+    x = (x - gray) * _f(saturation) + gray
+    return x.clamp(0, 255)
+
+
+def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size: int, context: float = 1.25,
+                   max_crops: int | None = None):
+    """Single-object crops of ``shapes_instance_{split}``: a square around each bbox, side ``context * max(w, h)``,
+    shifted inside the image, resized to ``out_size`` with ``roi_align``.
+
+    Returns ``(crops float (M, 3, out_size, out_size) in [0, 255], labels (M,) in 0..9)``.
+    """
+    from torchvision.ops import roi_align
+
+    root = ensure_world(spec, cache_dir)
+    with open(os.path.join(root, "annotations", f"instances_{split}.json")) as f:
+        coco = json.load(f)
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    anns = coco["annotations"][:max_crops] if max_crops else coco["annotations"]
+    by_image: dict[int, list[dict]] = {}
+    for a in anns:
+        by_image.setdefault(a["image_id"], []).append(a)
+    crops, labels = [], []
+    for image_id, group in sorted(by_image.items()):
+        img = np.asarray(Image.open(os.path.join(root, "images", split, files[image_id])).convert("RGB"))
+        img = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+        boxes = []
+        for a in group:
+            x, y, w, h = a["bbox"]
+            side = min(context * max(w, h), float(min(img.shape[-2:])))
+            # the square is shifted inside the image (it still holds the whole box): no padding is sampled
+            cx = min(max(x + w / 2, side / 2), img.shape[-1] - side / 2)
+            cy = min(max(y + h / 2, side / 2), img.shape[-2] - side / 2)
+            boxes.append([0, cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+            labels.append(a["category_id"] - 1)
+        crops.append(roi_align(img, torch.tensor(boxes, dtype=torch.float32), output_size=out_size,
+                               sampling_ratio=2, aligned=True))
+    return torch.cat(crops), torch.tensor(labels)

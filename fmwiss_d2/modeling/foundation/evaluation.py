@@ -1,0 +1,124 @@
+"""Quality measures of the foundation models on the synthetic world (used by tools/bench/foundation_quality.py).
+
+* :func:`zero_shot_crop_accuracy` -- CLIP top-1 on single-object crops (``shapes_instance_*`` boxes) against
+  the class-name prompts of the 10 object classes (chance 10%).
+* :func:`dense_label_miou` -- CLIP dense maps turned into a segmentation with the image-level labels given:
+  each pixel takes the argmax over the labelled classes and the background prompts (any background prompt
+  winning = background); mIoU over background + 10 classes against the ground truth (255 ignored).
+* :func:`dino_foreground_iou` -- DINO's head-averaged last-layer CLS attention, upsampled to the image and
+  thresholded to keep the most-attended pixels holding ``mass`` of the attention (DINO's 60% rule), against
+  the ground-truth foreground (mask != 0, 255 ignored).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fmwiss_d2.data.datasets.shapes import STUFF_CLASSES, THING_CLASSES, WorldSpec
+
+__all__ = ["zero_shot_crop_accuracy", "dense_label_miou", "dino_foreground_iou", "mass_threshold"]
+
+
+@torch.no_grad()
+def zero_shot_crop_accuracy(clip, spec: WorldSpec, split: str = "val", cache_dir: str | None = None,
+                            context: float = 1.25, batch_size: int = 256, max_crops: int | None = None) -> dict:
+    from .data import instance_crops
+
+    size = clip.image_size[0]
+    crops, labels = instance_crops(spec, split, cache_dir, size, context=context, max_crops=max_crops)
+    preds = torch.cat([clip.classify(crops[i:i + batch_size], THING_CLASSES).argmax(1)
+                       for i in range(0, len(crops), batch_size)])
+    per_class = [float((preds[labels == c] == c).float().mean()) if (labels == c).any() else float("nan")
+                 for c in range(len(THING_CLASSES))]
+    return {"top1": float((preds == labels).float().mean()), "num_crops": int(len(labels)),
+            "per_class_top1": dict(zip(THING_CLASSES, [round(a, 4) for a in per_class]))}
+
+
+def _confusion(pred: np.ndarray, gt: np.ndarray, n: int) -> np.ndarray:
+    valid = gt != 255
+    return np.bincount(n * gt[valid].astype(np.int64) + pred[valid], minlength=n * n).reshape(n, n)
+
+
+@torch.no_grad()
+def dense_label_miou(clip, spec: WorldSpec, split: str = "val", cache_dir: str | None = None, *,
+                     background_names: Sequence[str] = STUFF_CLASSES, input_size: int | None = None,
+                     batch_size: int = 64, max_images: int | None = None) -> dict:
+    """mIoU (background + THING_CLASSES) of label-restricted argmax maps; see the module docstring.
+
+    ``input_size``: side the images are resized to before the CLIP (``None`` = native size); maps are
+    resized back to the image. Background = the background prompts (default: the world's stuff names,
+    which the captions use), which compete with the labelled classes in the argmax.
+    """
+    from .data import load_world_split
+
+    images, records, masks = load_world_split(spec, split, cache_dir, with_masks=True)
+    if max_images:
+        images, records, masks = images[:max_images], records[:max_images], masks[:max_images]
+    names = list(THING_CLASSES) + list(background_names)
+    n_things, n = len(THING_CLASSES), len(THING_CLASSES) + 1
+    conf = np.zeros((n, n), np.int64)
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].float()
+        size = tuple(x.shape[-2:])
+        if input_size:
+            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+        logits = clip.dense_logits(x, names, output_size=size)  # (B, K, H, W)
+        for j in range(logits.shape[0]):
+            rec = records[i + j]
+            allowed = torch.full((len(names),), float("-inf"))
+            allowed[[c - 1 for c in rec["image_labels"]]] = 0
+            allowed[n_things:] = 0
+            arg = (logits[j] + allowed.view(-1, 1, 1)).argmax(0)
+            pred = torch.where(arg >= n_things, torch.zeros_like(arg), arg + 1).numpy()
+            conf += _confusion(pred, masks[i + j].numpy(), n)
+    iou = np.diag(conf) / np.maximum(conf.sum(0) + conf.sum(1) - np.diag(conf), 1)
+    return {"miou": float(iou.mean()), "iou_background": float(iou[0]), "miou_things": float(iou[1:].mean()),
+            "num_images": len(images), "background": list(background_names), "input_size": input_size}
+
+
+def mass_threshold(attn: torch.Tensor, mass: float) -> torch.Tensor:
+    """Boolean mask of the largest entries of each ``(B, ...)`` map that together hold ``mass`` of its sum."""
+    flat = attn.flatten(1)
+    flat = flat / flat.sum(1, keepdim=True)
+    vals, idx = flat.sort(dim=1, descending=True)
+    keep_sorted = (vals.cumsum(1) - vals) < mass  # keep until the mass is reached (the crossing entry included)
+    keep = torch.zeros_like(keep_sorted).scatter(1, idx, keep_sorted)
+    return keep.view_as(attn)
+
+
+@torch.no_grad()
+def dino_foreground_iou(dino, spec: WorldSpec, split: str = "val", cache_dir: str | None = None, *,
+                        mass: float = 0.6, input_size: int | None = None, batch_size: int = 64,
+                        max_images: int | None = None) -> dict:
+    """Foreground IoU of thresholded head-averaged CLS attention; see the module docstring.
+
+    Returns the mean per-image IoU (``iou``) and the dataset-level IoU (``iou_dataset``, summed intersections
+    over summed unions).
+    """
+    from .data import load_world_split
+
+    images, _, masks = load_world_split(spec, split, cache_dir, with_masks=True)
+    if max_images:
+        images, masks = images[:max_images], masks[:max_images]
+    ious, inter_sum, union_sum = [], 0, 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].float()
+        size = tuple(x.shape[-2:])
+        if input_size:
+            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+        attn = dino(x)["attentions"].mean(1, keepdim=True)
+        attn = F.interpolate(attn, size=size, mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+        pred = mass_threshold(attn, mass)
+        gt = masks[i:i + batch_size]
+        valid = gt != 255
+        fg = (gt != 0) & valid
+        inter = (pred & fg).flatten(1).sum(1)
+        union = ((pred & valid) | fg).flatten(1).sum(1)
+        ious += (inter.float() / union.clamp_min(1)).tolist()
+        inter_sum += int(inter.sum())
+        union_sum += int(union.sum())
+    return {"iou": float(np.mean(ious)), "iou_dataset": inter_sum / max(union_sum, 1), "mass": mass,
+            "input_size": input_size, "num_images": len(images)}
