@@ -110,10 +110,11 @@ def test_reference_matches_naive_loops():
 
 
 @needs_kernel
-def test_cpu_kernel_forward_matches_reference_float64():
-    inputs = make_inputs(N=2, H=3, C=5, Lq=40, P=3, seed=1)
+@pytest.mark.parametrize("C", [5, 16, 32, 64])  # the kernel has unrolled paths for 16, 32 and 64 channels
+def test_cpu_kernel_forward_matches_reference_float64(C):
+    inputs = make_inputs(N=2, H=3, C=C, Lq=40, P=3, seed=1)
     out = _C.ms_deform_attn_forward(*inputs)
-    assert out.shape == (2, 40, 15) and out.dtype == torch.float64
+    assert out.shape == (2, 40, 3 * C) and out.dtype == torch.float64
     torch.testing.assert_close(out, ms_deform_attn_reference(*inputs), rtol=0, atol=1e-10)
     value, ss, _, loc, w = make_inputs(N=1, H=2, Lq=3, seed=2)
     torch.testing.assert_close(_C.ms_deform_attn_forward(value, ss, _, loc, w),
@@ -145,10 +146,11 @@ def test_cpu_kernel_gradcheck():
 
 
 @needs_kernel
-def test_cpu_kernel_backward_matches_reference_autograd():
-    inputs = make_inputs(N=2, H=3, C=5, Lq=25, P=3, seed=5)
+@pytest.mark.parametrize("C", [5, 16, 32, 64])
+def test_cpu_kernel_backward_matches_reference_autograd(C):
+    inputs = make_inputs(N=2, H=3, C=C, Lq=25, P=3, seed=5)
     value, ss, lsi, loc, w = inputs
-    grad = torch.randn(2, 25, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    grad = torch.randn(2, 25, 3 * C, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     leaves = [t.clone().requires_grad_() for t in (value, loc, w)]
     expected = torch.autograd.grad(ms_deform_attn_reference(leaves[0], ss, lsi, leaves[1], leaves[2]), leaves, grad)
     got = _C.ms_deform_attn_backward(value, ss, lsi, loc, w, grad)
@@ -370,6 +372,27 @@ def test_module_backward_reaches_all_parameters():
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert m.sampling_offsets.weight.grad.abs().sum() > 0
+
+
+def test_module_compiles_without_graph_breaks_and_exports():
+    """The op is opaque to torch.compile / torch.export (a custom op with a fake implementation and an
+    autograd formula), so the whole layer traces as one graph, forward and backward."""
+    torch.manual_seed(5)
+    m = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=3)
+    query, ref, x, ss, lsi = _module_inputs(seed=6)
+    x = x.requires_grad_()
+    eager = m(query, ref, x, ss, lsi)
+    (eager_grad,) = torch.autograd.grad(eager.sum(), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out = compiled(query, ref, x, ss, lsi)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-6, atol=1e-6)
+    exported = torch.export.export(m, (query, ref, x.detach(), ss, lsi))
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert torch.ops.fmwiss_d2.ms_deform_attn.default in targets
+    torch.testing.assert_close(exported.module()(query, ref, x.detach(), ss, lsi), eager, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 """Benchmark of multi-scale deformable attention: PyTorch reference vs compiled kernels.
 
 Shapes are those of a Mask2Former pixel decoder on a 512x512 image: batch 2, levels at 1/8, 1/16, 1/32
-(64x64, 32x32, 16x16), 8 heads of 32 channels, 4 points, one query per pixel of every level (5376).
+(64x64, 32x32, 16x16), 8 heads of 32 channels, 4 points, one query per pixel of every level (5376), each
+sampling around its own position with offsets of about 2 pixels (normal, std 2) on every level.
 
 Every variant runs in its own subprocess so that its peak memory is its own: on the CPU the peak resident
 set (``ru_maxrss``) and its growth while the op runs (``op_peak_mb``: peak during the timed runs minus the
@@ -36,8 +37,17 @@ def make_inputs(device, dtype, shapes=SHAPES, batch=BATCH, seed=0):
     S = int(areas.sum())
     L, Lq = len(shapes), S
     value = torch.randn(batch, S, HEADS, CHANNELS, generator=g)
-    # reference points spread over the image plus offsets; about 10% of the points fall outside the map
-    locations = torch.rand(batch, Lq, HEADS, L, POINTS, 2, generator=g) * 1.2 - 0.1
+    # as in a Mask2Former encoder layer: query i sits at the centre of its pixel (on its own level) and samples
+    # every level around that normalized point, with offsets of a few pixels of the sampled level (the
+    # paper's initial offsets are 1 to 4 pixels); points near the border fall partly outside the map
+    centres = []
+    for h, w in shapes:
+        ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+        centres.append(torch.stack([xs, ys], -1).view(-1, 2))
+    centres = torch.cat(centres)  # (Lq, 2) as (x, y)
+    level_wh = spatial_shapes.flip(-1).to(torch.float32)  # (L, 2) as (W, H)
+    offsets = torch.randn(batch, Lq, HEADS, L, POINTS, 2, generator=g) * 2.0 / level_wh[:, None, :]
+    locations = centres[None, :, None, None, None, :] + offsets
     weights = torch.randn(batch, Lq, HEADS, L * POINTS, generator=g).softmax(-1).view(batch, Lq, HEADS, L, POINTS)
     to = dict(device=device, dtype=dtype)
     return (value.to(**to), spatial_shapes.to(device), level_start_index.to(device), locations.to(**to),

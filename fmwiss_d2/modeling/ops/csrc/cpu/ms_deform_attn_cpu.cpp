@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ms_deform_attn.h"
@@ -55,35 +56,61 @@ void check_cpu_dtype(const at::Tensor& value) {
               "ms_deform_attn (CPU kernel): value must be float32 or float64, got ", value.scalar_type());
 }
 
+// The channel loops below get a compile-time trip count kC for the common head sizes (the compiler then
+// unrolls them into SIMD code and keeps the forward accumulator in registers); kC = 0 means "runtime C".
+template <typename F>
+void dispatch_channels(int64_t C, const F& f) {
+  switch (C) {
+    case 16: f(std::integral_constant<int64_t, 16>{}); break;
+    case 32: f(std::integral_constant<int64_t, 32>{}); break;
+    case 64: f(std::integral_constant<int64_t, 64>{}); break;
+    default: f(std::integral_constant<int64_t, 0>{});
+  }
+}
+
 template <typename T>
 inline void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// grad_v += a * g; returns dot(g, v).
+// grad_v += a * g; returns dot(g, v). The dot product runs in kLanes independent partial sums so that it
+// vectorizes without -ffast-math; the summation order is fixed, hence deterministic.
 template <typename T>
 inline T axpy_dot(T* __restrict__ grad_v, const T* __restrict__ v, const T* __restrict__ g, T a, int64_t n) {
+  constexpr int64_t kLanes = 8;
+  T part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) {
+      part[j] += g[i + j] * v[i + j];
+      grad_v[i + j] += a * g[i + j];
+    }
+  }
   T dot = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     dot += g[i] * v[i];
     grad_v[i] += a * g[i];
   }
+  for (int64_t j = 0; j < kLanes; ++j) dot += part[j];
   return dot;
 }
 
-template <typename T>
+template <typename T, int64_t kC>
 void forward_kernel(const T* value, const std::vector<Level>& levels, const T* loc, const T* attn, T* out,
-                    int64_t N, int64_t S, int64_t H, int64_t C, int64_t Lq, int64_t P) {
+                    int64_t N, int64_t S, int64_t H, int64_t C_runtime, int64_t Lq, int64_t P) {
+  const int64_t C = kC > 0 ? kC : C_runtime;
   const int64_t L = static_cast<int64_t>(levels.size());
   const int64_t pos_stride = H * C;  // distance between two spatial positions in value
   const int64_t work_per_item = std::max<int64_t>(1, H * L * P * C * 4);
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / work_per_item);
   at::parallel_for(0, N * Lq, grain, [&](int64_t begin, int64_t end) {
+    T local[kC > 0 ? kC : 1];
     for (int64_t nq = begin; nq < end; ++nq) {
       const T* value_n = value + (nq / Lq) * S * pos_stride;
       for (int64_t h = 0; h < H; ++h) {
         T* o = out + (nq * H + h) * C;
-        std::fill(o, o + C, T(0));
+        T* acc = kC > 0 ? local : o;
+        std::fill(acc, acc + C, T(0));
         for (int64_t l = 0; l < L; ++l) {
           const Level& lv = levels[l];
           const T* v = value_n + lv.start * pos_stride + h * C;
@@ -98,21 +125,23 @@ void forward_kernel(const T* value, const std::vector<Level>& levels, const T* l
             const T lx = px - x0, ly = py - y0, hx = 1 - lx, hy = 1 - ly;
             const bool x0_in = x0 >= 0, x1_in = x0 + 1 < lv.width, y0_in = y0 >= 0, y1_in = y0 + 1 < lv.height;
             const int64_t o00 = (y0 * lv.width + x0) * pos_stride;  // may be negative: used only when inside
-            if (y0_in && x0_in) axpy(o, v + o00, a * hy * hx, C);
-            if (y0_in && x1_in) axpy(o, v + o00 + pos_stride, a * hy * lx, C);
-            if (y1_in && x0_in) axpy(o, v + o00 + lv.width * pos_stride, a * ly * hx, C);
-            if (y1_in && x1_in) axpy(o, v + o00 + (lv.width + 1) * pos_stride, a * ly * lx, C);
+            if (y0_in && x0_in) axpy(acc, v + o00, a * hy * hx, C);
+            if (y0_in && x1_in) axpy(acc, v + o00 + pos_stride, a * hy * lx, C);
+            if (y1_in && x0_in) axpy(acc, v + o00 + lv.width * pos_stride, a * ly * hx, C);
+            if (y1_in && x1_in) axpy(acc, v + o00 + (lv.width + 1) * pos_stride, a * ly * lx, C);
           }
         }
+        if (kC > 0) std::copy(acc, acc + C, o);
       }
     }
   });
 }
 
-template <typename T>
+template <typename T, int64_t kC>
 void backward_kernel(const T* value, const std::vector<Level>& levels, const T* loc, const T* attn,
                      const T* grad_out, T* grad_value, T* grad_loc, T* grad_attn, int64_t N, int64_t S, int64_t H,
-                     int64_t C, int64_t Lq, int64_t P) {
+                     int64_t C_runtime, int64_t Lq, int64_t P) {
+  const int64_t C = kC > 0 ? kC : C_runtime;
   const int64_t L = static_cast<int64_t>(levels.size());
   const int64_t pos_stride = H * C;
   at::parallel_for(0, N * H * L, 1, [&](int64_t begin, int64_t end) {
@@ -176,9 +205,11 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   const auto levels = read_levels(spatial_shapes, level_start_index, S);
   auto output = at::empty({N, Lq, H * C}, value.options());
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-    forward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
-                             attention_weights.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), N, S,
-                             H, C, Lq, P);
+    dispatch_channels(C, [&](auto kC) {
+      forward_kernel<scalar_t, decltype(kC)::value>(
+          value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
+          attention_weights.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), N, S, H, C, Lq, P);
+    });
   });
   return output;
 }
@@ -194,10 +225,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto grad_loc = at::empty_like(sampling_locations);
   auto grad_attn = at::empty_like(attention_weights);
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-    backward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
-                              attention_weights.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
-                              grad_value.mutable_data_ptr<scalar_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-                              grad_attn.mutable_data_ptr<scalar_t>(), N, S, H, C, Lq, P);
+    dispatch_channels(C, [&](auto kC) {
+      backward_kernel<scalar_t, decltype(kC)::value>(
+          value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
+          attention_weights.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+          grad_value.mutable_data_ptr<scalar_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
+          grad_attn.mutable_data_ptr<scalar_t>(), N, S, H, C, Lq, P);
+    });
   });
   return {grad_value, grad_loc, grad_attn};
 }
