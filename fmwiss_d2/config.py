@@ -17,6 +17,14 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.TASK = ""  # e.g. "shapes_6-4"; "" = ordinary (non-incremental) training
     cfg.INCREMENTAL.SETTING = "overlap"  # "overlap" or "disjoint" (MiB's two protocols)
     cfg.INCREMENTAL.STEP = 0  # step to train; step 0 learns the base classes
+    cfg.INCREMENTAL.METHOD = "Finetune"  # METHOD_REGISTRY name ("Finetune", "MiB", ...) or "Joint" (all classes at once)
+    cfg.INCREMENTAL.PREVIOUS_WEIGHTS = ""  # final model of the previous step; "" = OUTPUT_DIR/step{k-1}/model_final.pth
+    cfg.INCREMENTAL.STEP_BASE_LR = -1.0  # SOLVER.BASE_LR of steps >= 1 (MiB: 10x lower); <= 0 keeps SOLVER.BASE_LR
+    cfg.INCREMENTAL.STEP_MAX_ITER = -1  # SOLVER.MAX_ITER of steps >= 1; <= 0 keeps SOLVER.MAX_ITER
+    cfg.INCREMENTAL.MIB = CN()
+    cfg.INCREMENTAL.MIB.KD_WEIGHT = 10.0  # weight of the unbiased distillation (MiB's lambda, 10 in the paper)
+    cfg.INCREMENTAL.MIB.UNBIASED_CE = True  # background absorbs old classes in the cross-entropy
+    cfg.INCREMENTAL.MIB.INIT_FROM_BACKGROUND = True  # new classifiers start from the background's
 
     _add_model_config(cfg)
     _add_foundation_config(cfg)

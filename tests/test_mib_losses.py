@@ -99,3 +99,19 @@ def test_background_init_preserves_old_probabilities():
     assert torch.allclose(new_p[:, 1:3], old_p[:, 1:3], atol=1e-6)
     assert torch.allclose(new_p[:, [0, 3, 4]].sum(-1), old_p[:, 0], atol=1e-6)
     assert torch.allclose(new_p[:, 3], old_p[:, 0] / 3, atol=1e-6)
+
+
+def test_unbiased_ce_class_weights_match_cross_entropy_weights():
+    torch.manual_seed(3)
+    logits, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 3, 1])
+    w = torch.tensor([1.0, 1.0, 1.0, 0.1])
+    ref = F.cross_entropy(logits, targets, weight=w)
+    assert torch.allclose(unbiased_cross_entropy(logits, targets, old_ids=[], weight=w), ref)
+    # with an old class, the weighted mean uses the merged probabilities: worked element by element
+    got = unbiased_cross_entropy(logits, targets, old_ids=[1], background=(0, 3), weight=w)
+    lp = logits.log_softmax(-1)
+    merged = {0: torch.logsumexp(lp[:, [0, 1]], -1), 3: torch.logsumexp(lp[:, [3, 1]], -1)}
+    y = [0, 0, 2, 3, 3, 0]  # old class 1 counts as background 0
+    nll = torch.stack([-(merged[t][i] if t in merged else lp[i, t]) for i, t in enumerate(y)])
+    ww = w[y]
+    assert torch.allclose(got, (ww * nll).sum() / ww.sum())

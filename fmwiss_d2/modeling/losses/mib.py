@@ -34,8 +34,10 @@ def unbiased_cross_entropy(
     background: Sequence[int] = (0,),
     ignore_index: int = 255,
     dim: int = 1,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over non-ignored elements of -log p~(y), where for a background-like target b
+    """Mean over non-ignored elements of -log p~(y) (weighted by ``weight[y]`` when given, as
+    ``F.cross_entropy`` weights classes), where for a background-like target b
 
         p~(b) = sum_{k in {b} U old_ids} softmax(logits)_k      (the background may hide any old class)
 
@@ -62,7 +64,11 @@ def unbiased_cross_entropy(
     if not valid.any():
         return logits.sum() * 0.0
     log_p = log_p.movedim(dim, -1)[valid]
-    return -log_p.gather(-1, targets[valid].unsqueeze(-1)).mean()
+    nll = -log_p.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
+    if weight is None:
+        return nll.mean()
+    w = weight.to(nll)[targets[valid]]
+    return (w * nll).sum() / w.sum()
 
 
 def unbiased_distillation(
