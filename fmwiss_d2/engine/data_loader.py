@@ -85,5 +85,7 @@ def build_deterministic_train_loader(dataset: List[Dict], mapper: Callable, *, t
     world = comm.get_world_size()
     assert total_batch_size % world == 0, f"batch {total_batch_size} not divisible by {world} processes"
     stream = DeterministicBatchStream(dataset, mapper, total_batch_size // world, seed=seed, start_iter=start_iter)
+    # A private generator: creating the iterator must not draw from torch's global generator, whose state
+    # (seeded per iteration by IterationSeedHook) drives the model's own random choices.
     return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))

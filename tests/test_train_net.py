@@ -1,0 +1,137 @@
+"""tools/train_net.py end to end on a tiny world: exact resume, and 2 Gloo processes == 1 process."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from detectron2.engine import HookBase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
+CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.yaml")
+
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", '("tiny_shapes_sem_seg_train",)', "DATASETS.TEST", "()",
+    "INPUT.MIN_SIZE_TRAIN", "(56, 64, 72)", "INPUT.MAX_SIZE_TRAIN", "144", "INPUT.CROP.SIZE", "(64, 64)",
+    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3",
+    "SOLVER.WARMUP_ITERS", "2", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "SEED", "7",
+]
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("fmwiss_train_net", TRAIN_NET)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _Recorder(HookBase):
+    """Records the total loss of every iteration; optionally crashes after ``crash_after``."""
+
+    def __init__(self, log, crash_after=None):
+        self.log, self.crash_after = log, crash_after
+
+    def after_step(self):
+        self.log[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
+        if self.trainer.iter == self.crash_after:
+            raise _Crash()
+
+
+def _run(train_net, monkeypatch, out_dir, log, *, resume=False, crash_after=None):
+    from fmwiss_d2.engine import Trainer
+
+    orig = Trainer.build_hooks
+    monkeypatch.setattr(Trainer, "build_hooks", lambda self: orig(self) + [_Recorder(log, crash_after)])
+    args = train_net.parse_args(["--config-file", CONFIG] + (["--resume"] if resume else [])
+                                + TINY_OPTS + ["OUTPUT_DIR", str(out_dir)])
+    try:
+        train_net.main(args)
+    finally:
+        monkeypatch.setattr(Trainer, "build_hooks", orig)
+
+
+def test_resume_continues_exactly(tiny_world, tmp_path, monkeypatch):
+    """6 iterations straight == 3 iterations, a crash, then --resume for the other 3 (BatchNorm, random
+    importance sampling and random augmentations all included)."""
+    train_net = _load_train_net()
+    straight, first, resumed = {}, {}, {}
+    _run(train_net, monkeypatch, tmp_path / "a", straight)
+    with pytest.raises(_Crash):
+        _run(train_net, monkeypatch, tmp_path / "b", first, crash_after=2)
+    assert (tmp_path / "b" / "model_0000002.pth").exists() and not (tmp_path / "b" / "model_final.pth").exists()
+    _run(train_net, monkeypatch, tmp_path / "b", resumed, resume=True)
+    assert sorted(straight) == list(range(6)) and sorted(first) == [0, 1, 2] and sorted(resumed) == [3, 4, 5]
+    for it in range(6):
+        assert (first if it < 3 else resumed)[it] == pytest.approx(straight[it], rel=1e-5, abs=1e-6), (it, straight, first, resumed)
+    a = torch.load(tmp_path / "a" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-6), k
+
+
+_WRAPPER = """
+import json, sys
+sys.path.insert(0, {tools!r})
+import train_net
+from detectron2.engine import HookBase, launch
+from detectron2.utils import comm
+from fmwiss_d2.data.datasets.shapes import WorldSpec, register_shapes
+from fmwiss_d2.engine import Trainer
+
+register_shapes("tiny_shapes", WorldSpec(**{spec!r}), {cache!r})
+
+
+class Recorder(HookBase):
+    def after_step(self):
+        if comm.is_main_process():
+            with open({log!r}, "a") as f:
+                f.write(json.dumps([self.trainer.iter, self.trainer.storage.history("total_loss").latest()]) + "\\n")
+
+
+_orig = Trainer.build_hooks
+Trainer.build_hooks = lambda self: _orig(self) + [Recorder()]
+
+if __name__ == "__main__":
+    args = train_net.parse_args(sys.argv[1:])
+    launch(train_net.main, args.num_gpus, dist_url="auto", args=(args,))
+"""
+
+
+def _run_processes(tiny_world, tmp_path, n):
+    spec, cache, _ = tiny_world
+    log = tmp_path / f"loss_{n}.jsonl"
+    script = tmp_path / f"run_{n}.py"
+    script.write_text(textwrap.dedent(_WRAPPER.format(tools=os.path.join(ROOT, "tools"), spec=asdict(spec),
+                                                      cache=cache, log=str(log))))
+    # Same total batch; GroupNorm instead of BatchNorm (per-process batch statistics would differ), every pixel
+    # instead of random points, and unit no-object weight so that the class CE is a plain mean: then the mean
+    # of the per-process losses is exactly the one-process loss, and DDP's averaged gradients are its gradients.
+    opts = TINY_OPTS + [
+        "SOLVER.MAX_ITER", "3", "MODEL.TINY.NORM", "GN", "MODEL.TINY.STEM_WIDTH", "32",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "0", "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT", "1.0",
+        "OUTPUT_DIR", str(tmp_path / f"out_{n}"),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), "--num-gpus", str(n), "--config-file", CONFIG] + opts,
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(json.loads(line) for line in log.read_text().splitlines())
+
+
+def test_two_gloo_processes_match_one_process(tiny_world, tmp_path):
+    one = _run_processes(tiny_world, tmp_path, 1)
+    two = _run_processes(tiny_world, tmp_path, 2)
+    assert sorted(one) == sorted(two) == [0, 1, 2]
+    for it in one:
+        assert two[it] == pytest.approx(one[it], rel=1e-4), (it, one, two)
