@@ -34,7 +34,7 @@ class Trainer(DefaultTrainer):
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
+        model = self.build_train_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = next(model.parameters()).device.type == "cpu"
@@ -42,11 +42,20 @@ class Trainer(DefaultTrainer):
         amp = cfg.SOLVER.AMP.ENABLED and not on_cpu
         self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(cfg, model)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_model(cls, cfg):
+        """The module trained (a method may pair the model with others, e.g. a frozen old model)."""
+        return cls.build_model(cfg)
+
+    def build_checkpointer(self, cfg, model):
+        """What checkpoints save and load (by default the whole trained module)."""
+        return DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
 
     def build_hooks(self):
         hooks = super().build_hooks()
