@@ -73,7 +73,7 @@ def test_old_new_all_match_direct_computation_and_detectron2(handmade, tmp_path)
     for r, (pred, _) in zip(mapped_records, pairs):
         plain.process([r], [{"sem_seg": torch.nn.functional.one_hot(torch.from_numpy(pred), 4).permute(2, 0, 1).float()}])
     assert plain.evaluate()["sem_seg"]["mIoU"] == pytest.approx(res["mIoU_all"])
-    saved = json.load(open(tmp_path / "incremental_results.json"))
+    saved = json.load(open(tmp_path / f"incremental_results_{name}.json"))
     assert saved["step"] == 1 and saved["task"] == "hand_eval" and saved["metrics"]["mIoU_new"] == pytest.approx(res["mIoU_new"])
 
 

@@ -6,6 +6,9 @@
     python tools/train_net.py --config-file CFG --resume                 # continue from the last checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 2             # 2 processes (NCCL on GPUs, Gloo on CPU)
 
+    # one step of an incremental task (see tools/run_incremental.py to run every step):
+    python tools/train_net.py --config-file CFG INCREMENTAL.TASK shapes_6-4 INCREMENTAL.STEP 1 INCREMENTAL.METHOD MiB
+
 The mapper, evaluators, optimizer and schedule all come from the config (see fmwiss_d2/engine/trainer.py).
 """
 import logging
@@ -21,7 +24,9 @@ from detectron2.engine import default_argument_parser, default_setup, launch  # 
 import fmwiss_d2  # noqa: E402,F401  (registers datasets)
 import fmwiss_d2.modeling  # noqa: E402,F401  (registers models)
 from fmwiss_d2 import add_fmwiss_config  # noqa: E402
+from fmwiss_d2.data.datasets.shapes import register_shapes_from_cfg  # noqa: E402
 from fmwiss_d2.engine import Trainer, default_device_check  # noqa: E402
+from fmwiss_d2.engine.incremental import IncrementalTrainer, configure_step  # noqa: E402
 
 
 def setup(args):
@@ -29,20 +34,31 @@ def setup(args):
     add_fmwiss_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    register_shapes_from_cfg(cfg)
+    configure_step(cfg, eval_only=args.eval_only)
     default_device_check(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
+def trainer_class(cfg):
+    """The incremental trainer for a step of a task, the plain one otherwise."""
+    return IncrementalTrainer if cfg.INCREMENTAL.TASK else Trainer
+
+
 def main(args):
     cfg = setup(args)
+    trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
+        model = trainer_cls.build_model(cfg)
+        if cfg.INCREMENTAL.TASK:
+            trainer_cls.load_for_eval(cfg, model, cfg.MODEL.WEIGHTS)
+        else:
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = trainer_cls.test(cfg, model)
     else:
-        trainer = Trainer(cfg)
+        trainer = trainer_cls(cfg)
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)

@@ -46,3 +46,6 @@ def evaluator_types(cfg, dataset_name: str) -> List[str]:
 def build_evaluator(cfg, dataset_name: str, output_folder: str):
     evaluators = [EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_folder) for t in evaluator_types(cfg, dataset_name)]
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+from . import incremental  # noqa: E402,F401  (registers "incremental_sem_seg")

@@ -21,6 +21,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
 
+from . import EVALUATOR_REGISTRY
+
 GROUPS = ("old", "new", "all")
 
 
@@ -83,8 +85,14 @@ class IncrementalSemSegEvaluator(SemSegEvaluator):
         if self._output_dir:
             record = {"dataset": self._dataset_name, "task": self._meta.get("task"), "step": self._meta.get("step"),
                       "classes": list(self._meta.stuff_classes), "metrics": dict(res)}
-            atomic_write_json(os.path.join(self._output_dir, "incremental_results.json"), record)
+            atomic_write_json(os.path.join(self._output_dir, f"incremental_results_{self._dataset_name}.json"), record)
         return OrderedDict({"sem_seg": res})
+
+
+@EVALUATOR_REGISTRY.register()
+def incremental_sem_seg(cfg, dataset_name, output_folder):
+    """SemSegEvaluator through the step's label lookup, plus old/new/all/background mIoU."""
+    return IncrementalSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
 
 
 # ---------------------------------------------------------------------------------- across steps

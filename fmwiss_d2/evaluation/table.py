@@ -4,7 +4,7 @@ from typing import Dict
 from tabulate import tabulate
 
 # The headline metrics of each task, in the order they are shown.
-_KEYS = {"sem_seg": ["mIoU", "fwIoU", "mACC", "pACC"], "panoptic_seg": ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"],
+_KEYS = {"sem_seg": ["mIoU", "mIoU_old", "mIoU_new", "IoU_background", "fwIoU", "mACC", "pACC"], "panoptic_seg": ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"],
          "segm": ["AP", "AP50", "AP75"], "bbox": ["AP", "AP50", "AP75"]}
 
 

@@ -87,6 +87,9 @@ class SetCriterion(nn.Module):
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
         self.num_points = num_points
+        # A method may replace the class term: called as class_loss(logits (N, K+1, Q), targets (N, Q),
+        # weight=(K+1,)) like F.cross_entropy (e.g. MiB's unbiased cross-entropy). None = cross-entropy.
+        self.class_loss = None
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
@@ -116,7 +119,8 @@ class SetCriterion(nn.Module):
         target_classes = torch.full((n, q), k1 - 1, dtype=torch.int64, device=logits.device)
         for b, (t, (src, tgt)) in enumerate(zip(targets, indices)):
             target_classes[b, src.to(logits.device)] = t["labels"][tgt.to(t["labels"].device)].to(logits.device)
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, empty_weight.to(logits))
+        class_loss = self.class_loss or F.cross_entropy
+        loss = class_loss(logits.transpose(1, 2), target_classes, weight=empty_weight.to(logits))
         return {"loss_ce": loss}
 
     def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:

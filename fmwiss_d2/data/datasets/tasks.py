@@ -319,7 +319,7 @@ def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_c
                     stuff_classes=seen,
                     stuff_colors=[tuple(colors.get(c, (128, 128, 128))) for c in seen],
                     ignore_label=IGNORE_LABEL,
-                    evaluator_type="sem_seg",
+                    evaluator_type="incremental_sem_seg",
                     label_lut=task.label_lut(k, lut_split, _catalog_classes(base)).tolist(),
                     task=name, step=k, setting=setting, base_dataset=base,
                     old_classes=task.old_class_ids(k), new_classes=task.new_class_ids(k),
