@@ -1,0 +1,160 @@
+"""Incremental steps on the real models: MiB's initialization, the old model, stamped checkpoints, the runner."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from _model_cfg import tiny_cfg
+from fmwiss_d2.data.datasets.tasks import get_task
+from fmwiss_d2.engine.incremental import (
+    CheckpointMismatchError, IncrementalCheckpointer, IncrementalSegmentor, configure_step,
+)
+from fmwiss_d2.methods import build_method
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEEPLAB = "shapes/deeplabv3_semantic.yaml"
+M2F = "shapes/mask2former_semantic.yaml"
+
+
+def _step_cfg(config, step, method="MiB", out="/tmp/unused"):
+    cfg = tiny_cfg(config, "INCREMENTAL.TASK", "shapes_6-4", "INCREMENTAL.STEP", str(step),
+                   "INCREMENTAL.METHOD", method, "OUTPUT_DIR", out)
+    return configure_step(cfg)
+
+
+def _pair(config):
+    """(old step-0 model, new step-1 model loaded from it and initialized by MiB), both in eval mode."""
+    torch.manual_seed(0)
+    old = build_model(_step_cfg(config, 0)).eval()
+    cfg1 = _step_cfg(config, 1)
+    new = build_model(cfg1).eval()
+    missing = new.load_state_dict(old.state_dict(), strict=False).missing_keys
+    assert all(".cls.1." in k for k in missing) and missing  # only the new classifier group is absent
+    build_method(cfg1, get_task("shapes_6-4"), 1).init_new_classes(new)
+    return old, new
+
+
+def test_configure_step_fills_datasets_classes_and_previous_weights():
+    cfg = _step_cfg(DEEPLAB, 1, out="/runs/x")
+    assert cfg.DATASETS.TRAIN == ("shapes_6-4_overlap_step1_train",)
+    assert cfg.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",)
+    assert list(cfg.MODEL.CLASSES_PER_STEP) == [7, 4] and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 11
+    assert cfg.OUTPUT_DIR == "/runs/x/step1" and cfg.MODEL.WEIGHTS == "/runs/x/step0/model_final.pth"
+    joint = _step_cfg(DEEPLAB, 0, method="Joint", out="/runs/j")
+    assert joint.DATASETS.TRAIN == ("shapes_6-4-joint_overlap_step0_train",)
+    assert joint.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",) and list(joint.MODEL.CLASSES_PER_STEP) == [11]
+    with pytest.raises(IndexError, match="Step 2 is out of range"):
+        _step_cfg(DEEPLAB, 2)
+
+
+def test_mib_init_preserves_the_old_per_pixel_prediction():
+    old, new = _pair(DEEPLAB)
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        p_old = old.forward_outputs(x)["pred_logits"].softmax(1)
+        p_new = new.forward_outputs(x)["pred_logits"].softmax(1)
+    assert p_new.shape[1] == 11 and p_old.shape[1] == 7
+    assert torch.allclose(p_new[:, 1:7], p_old[:, 1:7], atol=1e-5)  # old classes unchanged
+    assert torch.allclose(p_new[:, [0, 7, 8, 9, 10]].sum(1), p_old[:, 0], atol=1e-5)  # bg mass shared
+    assert torch.allclose(p_new[:, 7], p_old[:, 0] / 5, atol=1e-5)
+
+
+def test_mib_init_preserves_the_old_query_classes_in_mask_classification():
+    old, new = _pair(M2F)
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        o, n = old.forward_outputs(x), new.forward_outputs(x)
+    p_old, p_new = o["pred_logits"].softmax(-1), n["pred_logits"].softmax(-1)  # [..7 classes, no-object]
+    assert p_new.shape[-1] == 12 and p_old.shape[-1] == 8
+    assert torch.allclose(p_new[..., :7], p_old[..., :7], atol=1e-5)
+    assert torch.allclose(p_new[..., 7:].sum(-1), p_old[..., 7], atol=1e-5)  # no-object + new = old no-object
+    assert torch.allclose(n["pred_masks"], o["pred_masks"])
+
+
+@pytest.mark.parametrize("config", [DEEPLAB, M2F])
+def test_mib_training_step_uses_the_frozen_old_model(config, tiny_world):
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from detectron2.data import DatasetCatalog
+
+    old, new = _pair(config)
+    cfg1 = _step_cfg(config, 1)
+    cfg1.defrost()
+    cfg1.DATASETS.TRAIN = ("tiny_shapes_sem_seg_train",)
+    mapper = build_dataset_mapper(cfg1, is_train=True)
+    batch = [mapper(r) for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")[:2]]
+    wrapper = IncrementalSegmentor(new, build_method(cfg1, get_task("shapes_6-4"), 1), old).train()
+    assert not old.training and all(not p.requires_grad for p in old.parameters())
+    assert all(not k.startswith("_old") for k in wrapper.state_dict())  # old model never saved
+    losses = wrapper(batch)
+    assert "loss_kd" in losses and torch.isfinite(losses["loss_kd"]) and losses["loss_kd"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in old.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in new.classifier.cls[1].parameters())
+
+
+def test_checkpoints_are_stamped_and_refused_across_tasks_and_steps(tmp_path):
+    model = build_model(_step_cfg(DEEPLAB, 0))
+    stamp0 = {"task": "shapes_6-4", "step": 0, "classes": get_task("shapes_6-4").seen_classes(0)}
+    IncrementalCheckpointer(model, str(tmp_path), identity=stamp0, allowed_steps={0}).save("step0")
+    path = str(tmp_path / "step0.pth")
+    assert torch.load(path, weights_only=False)["incremental"] == stamp0
+    stamp1 = {"task": "shapes_6-4", "step": 1, "classes": get_task("shapes_6-4").seen_classes(1)}
+    ck = IncrementalCheckpointer(model, identity=stamp1, allowed_steps={0, 1})
+    ck.load(path)
+    assert ck.loaded_step == 0
+    other = {"task": "shapes_6-2-2", "step": 1, "classes": get_task("shapes_6-2-2").seen_classes(1)}
+    with pytest.raises(CheckpointMismatchError, match="belongs to task 'shapes_6-4'.*not to task 'shapes_6-2-2'"):
+        IncrementalCheckpointer(model, identity=other, allowed_steps={0, 1}).load(path)
+    stamp2 = {"task": "shapes_6-4", "step": 2, "classes": stamp1["classes"]}
+    with pytest.raises(CheckpointMismatchError, match=r"from step 0 .* step 2 can load only step\(s\) \[1, 2\]"):
+        IncrementalCheckpointer(model, identity=stamp2, allowed_steps={1, 2}).load(path)
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointMismatchError, match="not written by an incremental step"):
+        IncrementalCheckpointer(model, identity=stamp1, allowed_steps={0, 1}).load(str(tmp_path / "plain.pth"))
+    IncrementalCheckpointer(model, identity=stamp0, allowed_steps={0}).load(str(tmp_path / "plain.pth"))
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"fmwiss_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path, monkeypatch):
+    spec, cache, _ = tiny_world
+    runner = _load_tool("run_incremental")
+    argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "--methods", "MiB",
+            "INCREMENTAL.TASK", "shapes_6-4", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
+            "SHAPES.CACHE_DIR", cache, "SHAPES.SEED", str(spec.seed), "SHAPES.IMAGE_SIZE", str(spec.image_size),
+            "SHAPES.NUM_TRAIN", str(spec.num_train), "SHAPES.NUM_VAL", str(spec.num_val),
+            "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.SIZE", "(64, 64)",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64"]
+    try:
+        summary = runner.main(argv)
+        root = tmp_path / "shapes_6-4_overlap"
+        assert [r["step"] for r in summary["steps"]] == [0, 1]
+        assert (root / "summary.csv").is_file() and (root / "summary.png").is_file()
+        stamp = torch.load(root / "MiB" / "step1" / "model_final.pth", weights_only=False)["incremental"]
+        assert stamp["step"] == 1 and len(stamp["classes"]) == 11
+        log1 = (root / "MiB" / "step1" / "log.txt").read_text()
+        assert "Step 1 starts from step 0's model" in log1 and "loss_kd" in log1
+
+        def must_not_train(*a, **k):
+            raise AssertionError("a finished step was trained again")
+
+        monkeypatch.setattr(runner.train_net, "main", must_not_train)
+        again = runner.main(argv)
+        assert again["steps"] == json.loads(json.dumps(summary["steps"]))
+    finally:
+        from detectron2.config import get_cfg
+
+        from fmwiss_d2.config import add_fmwiss_config
+        from fmwiss_d2.data.datasets.shapes import register_shapes_from_cfg
+
+        cfg = get_cfg()
+        add_fmwiss_config(cfg)
+        register_shapes_from_cfg(cfg)  # back to the default world for other tests
