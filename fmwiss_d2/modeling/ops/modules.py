@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .functions import ms_deform_attn
+from .functions import log_kernel_once, ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
 
@@ -105,5 +105,7 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"reference_points must have a last dimension of 2 or 4, got {tuple(reference_points.shape)}"
             )
+        if not torch.compiler.is_compiling():  # once per process: AMP on/off and the kernel used
+            log_kernel_once(value.device, value.dtype, locations.dtype)
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)

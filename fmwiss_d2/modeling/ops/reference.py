@@ -21,7 +21,11 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ms_deform_attn_reference", "ms_deform_attn_reference_backward"]
+__all__ = [
+    "ms_deform_attn_reference",
+    "ms_deform_attn_reference_backward",
+    "ms_deform_attn_reference_backward_deterministic",
+]
 
 
 def _level_shapes(spatial_shapes: torch.Tensor, num_positions: int) -> List[Tuple[int, int]]:
@@ -113,3 +117,64 @@ def ms_deform_attn_reference_backward(
     grad_loc = torch.stack(grad_locs, dim=3).transpose(1, 2).contiguous()  # (N, Lq, H, L, P, 2)
     grad_weight = torch.stack(grad_weights, dim=-2).view(N, H, Lq, L, P).transpose(1, 2).contiguous()
     return grad_value, grad_loc, grad_weight
+
+
+def ms_deform_attn_reference_backward_deterministic(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same gradients as :func:`ms_deform_attn_reference_backward`, written with gathers and one
+    ``index_put_(accumulate=True)`` per bilinear corner instead of ``grid_sampler_2d_backward`` (whose CUDA
+    version adds with atomics and refuses to run under ``torch.use_deterministic_algorithms(True)``).
+    ``index_put_`` with ``accumulate=True`` sorts the indices on the GPU and adds serially on the CPU, so
+    the result is reproducible. Used by the fallback on GPUs in deterministic mode; it materializes
+    (N, Lq, n_heads, n_levels, n_points, C) per corner.
+
+    With ``p = (x * W_l - 0.5, y * H_l - 0.5)``, corner ``k`` at integer ``(x_k, y_k)`` and bilinear weight
+    ``w_k = (1 - |p_x - x_k|)(1 - |p_y - y_k|)`` (zero outside the map):
+    ``dL/dV[k] += A * w_k * g``, ``dL/dA = sum_k w_k <g, V[k]>``, ``dL/dx = A * W_l * sum_k dw_k/dp_x <g, V[k]>``
+    (same for y), where ``g`` is the gradient of the output of that query and head.
+    """
+    N, S, H, C = value.shape
+    Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    shapes = _level_shapes(spatial_shapes, S)
+    device, dtype = value.device, value.dtype
+    heights = torch.tensor([h for h, _ in shapes], device=device).view(1, 1, 1, L, 1)
+    widths = torch.tensor([w for _, w in shapes], device=device).view(1, 1, 1, L, 1)
+    starts = torch.tensor([0] + [h * w for h, w in shapes][:-1], device=device).cumsum(0).view(1, 1, 1, L, 1)
+    size = torch.stack([widths, heights], -1).to(dtype)  # (1, 1, 1, L, 1, 2) as (W, H)
+    pix = sampling_locations * size - 0.5
+    px, py = pix.unbind(-1)
+    # points whose four corners are all outside (or NaN) contribute nothing: move them far out
+    valid = (px > -1) & (py > -1) & (px < widths) & (py < heights)
+    px, py = torch.where(valid, px, -2.0), torch.where(valid, py, -2.0)
+    x0, y0 = px.floor(), py.floor()
+    lx, ly = px - x0, py - y0
+    x0, y0 = x0.long(), y0.long()
+    g = grad_output.view(N, Lq, H, 1, 1, C)
+    rows_value = value.reshape(N * S * H, C)
+    batch = torch.arange(N, device=device).view(N, 1, 1, 1, 1)
+    head = torch.arange(H, device=device).view(1, 1, H, 1, 1)
+    grad_value = torch.zeros(N * S * H, C, device=device, dtype=dtype)
+    grad_weight = torch.zeros_like(attention_weights)
+    grad_px, grad_py = torch.zeros_like(px), torch.zeros_like(py)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xk, yk = x0 + dx, y0 + dy
+            inside = (xk >= 0) & (xk < widths) & (yk >= 0) & (yk < heights)
+            position = starts + yk.clamp(min=0) * widths + xk.clamp(min=0)
+            row = torch.where(inside, (batch * S + position) * H + head, 0)  # (N, Lq, H, L, P)
+            wx, wy = (lx if dx else 1 - lx), (ly if dy else 1 - ly)
+            w = torch.where(inside, wx * wy, 0.0)
+            dot = torch.where(inside, (rows_value[row] * g).sum(-1), 0.0)  # <g, V[k]>
+            grad_weight += w * dot
+            grad_px += torch.where(inside, wy if dx else -wy, 0.0) * dot
+            grad_py += torch.where(inside, wx if dy else -wx, 0.0) * dot
+            contribution = (attention_weights * w)[..., None] * g  # (N, Lq, H, L, P, C)
+            grad_value.index_put_((row.reshape(-1),), contribution.reshape(-1, C), accumulate=True)
+    grad_loc = attention_weights[..., None] * torch.stack([grad_px, grad_py], -1) * size
+    return grad_value.view(N, S, H, C), grad_loc, grad_weight

@@ -9,6 +9,9 @@
 //   sampling_locations  (N, Lq, H, L, P, 2) normalized (x, y); pixel coordinate = x * W_l - 0.5
 //   attention_weights   (N, Lq, H, L, P)
 //   output              (N, Lq, H * C)
+// dtypes: value and grad_output share one dtype; sampling_locations and attention_weights share the value's
+// dtype, or are float32 when value is float16/bfloat16 (mixed precision: half-precision features, float32
+// geometry). The gradients have the dtypes of their inputs.
 // Bilinear sampling is exact with zero padding outside the map, i.e. the semantics of
 // grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False).
 #pragma once
@@ -43,13 +46,21 @@ at::Tensor ms_deform_attn_forward_cuda(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights);
 
+// deterministic = false: grad_value accumulated with atomicAdd (fast, order-dependent last bits);
+// deterministic = true: gather-style accumulation over sorted sampling corners (bitwise reproducible).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
-    const at::Tensor& grad_output);
+    const at::Tensor& grad_output,
+    bool deterministic);
+
+// CUDART_VERSION of the toolkit that compiled the kernels (e.g. 13000 for CUDA 13.0).
+int64_t cuda_toolkit_version();
+// nvcc's __CUDA_ARCH_LIST__ (the virtual architectures compiled, e.g. "750,800,900"), "" when unknown.
+const char* cuda_compiled_arch_list();
 #endif
 
 }  // namespace fmwiss_d2

@@ -1,8 +1,36 @@
 // Python bindings of fmwiss_d2._C: argument checks shared by every device, then dispatch on the device
-// of `value` (CPU kernel always; CUDA kernel when built WITH_CUDA).
+// of `value` (CPU kernel always; CUDA kernel when built WITH_CUDA); plus the build's provenance (torch and
+// CUDA versions, CUDA architectures), which the Python loader compares with the running torch and GPU.
 #include <torch/extension.h>
 
 #include "ms_deform_attn.h"
+
+// Written by setup.py into the build folder: FMWISS_BUILD_TORCH_VERSION, FMWISS_BUILD_TORCH_CUDA_VERSION
+// (torch.version.cuda of the torch built against, "" for a CPU torch) and FMWISS_BUILD_CUDA_ARCH_LIST (the
+// TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for, "" without CUDA).
+#if __has_include("fmwiss_d2_build_info.h")
+#include "fmwiss_d2_build_info.h"
+#endif
+#ifndef FMWISS_BUILD_TORCH_VERSION
+#define FMWISS_BUILD_TORCH_VERSION ""
+#endif
+#ifndef FMWISS_BUILD_TORCH_CUDA_VERSION
+#define FMWISS_BUILD_TORCH_CUDA_VERSION ""
+#endif
+#ifndef FMWISS_BUILD_CUDA_ARCH_LIST
+#define FMWISS_BUILD_CUDA_ARCH_LIST ""
+#endif
+
+// The same facts as one marker string kept in the binary, so that the loader can name the build's versions
+// even when the library cannot be imported (e.g. "undefined symbol" after a torch upgrade).
+extern "C" __attribute__((used, visibility("default"))) const char fmwiss_d2_build_info[] =
+    "FMWISS_D2_BUILD_INFO{torch=" FMWISS_BUILD_TORCH_VERSION ";torch_cuda=" FMWISS_BUILD_TORCH_CUDA_VERSION
+    ";archs=" FMWISS_BUILD_CUDA_ARCH_LIST
+#ifdef WITH_CUDA
+    ";with_cuda=1}";
+#else
+    ";with_cuda=0}";
+#endif
 
 namespace fmwiss_d2 {
 namespace {
@@ -46,8 +74,16 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
                   attention_weights.size(4) == P,
               "ms_deform_attn: attention_weights must have shape (N, Lq, n_heads, n_levels, n_points) = (", N,
               ", ", Lq, ", ", H, ", ", L, ", ", P, "), got ", attention_weights.sizes());
-  check_same(sampling_locations, "sampling_locations", value);
-  check_same(attention_weights, "attention_weights", value);
+  TORCH_CHECK(sampling_locations.device() == value.device() && attention_weights.device() == value.device(),
+              "ms_deform_attn: sampling_locations (", sampling_locations.device(), ") and attention_weights (",
+              attention_weights.device(), ") must be on the device of value (", value.device(), ")");
+  // Mixed precision: float16/bfloat16 values may come with float32 locations and weights.
+  const auto vt = value.scalar_type(), lt = sampling_locations.scalar_type();
+  const bool half_value = vt == at::kHalf || vt == at::kBFloat16;
+  TORCH_CHECK(lt == vt || (half_value && lt == at::kFloat), "ms_deform_attn: sampling_locations has dtype ", lt,
+              " but value has dtype ", vt, "; they must match (or be float32 with a float16/bfloat16 value)");
+  TORCH_CHECK(attention_weights.scalar_type() == lt, "ms_deform_attn: attention_weights has dtype ",
+              attention_weights.scalar_type(), " but sampling_locations has dtype ", lt, "; they must match");
 }
 
 at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
@@ -73,7 +109,8 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations, const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights, const at::Tensor& grad_output,
+    bool deterministic) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const int64_t N = value.size(0), H = value.size(2), C = value.size(3), Lq = sampling_locations.size(1);
   TORCH_CHECK(grad_output.dim() == 3 && grad_output.size(0) == N && grad_output.size(1) == Lq &&
@@ -89,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const auto go = grad_output.contiguous();
   if (value.is_cuda()) {
 #ifdef WITH_CUDA
-    return ms_deform_attn_backward_cuda(v, ss, lsi, loc, attn, go);
+    return ms_deform_attn_backward_cuda(v, ss, lsi, loc, attn, go, deterministic);
 #else
     TORCH_CHECK(false, "ms_deform_attn: value is on ", value.device(),
                 " but fmwiss_d2._C was built without CUDA; rebuild with FORCE_CUDA=1 "
@@ -97,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
 #endif
   }
   TORCH_CHECK(value.is_cpu(), "ms_deform_attn: unsupported device ", value.device(), " for value");
-  return ms_deform_attn_backward_cpu(v, ss, lsi, loc, attn, go);
+  return ms_deform_attn_backward_cpu(v, ss, lsi, loc, attn, go);  // always deterministic
 }
 
 }  // namespace
@@ -115,11 +152,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
       false;
 #endif
+  m.attr("torch_version") = FMWISS_BUILD_TORCH_VERSION;
+  m.attr("torch_cuda_version") = FMWISS_BUILD_TORCH_CUDA_VERSION;
+  m.attr("cuda_arch_list") = FMWISS_BUILD_CUDA_ARCH_LIST;
+  m.attr("build_info") = fmwiss_d2_build_info;
+#ifdef WITH_CUDA
+  m.attr("cuda_toolkit_version") = fmwiss_d2::cuda_toolkit_version();
+  m.attr("cuda_compiled_arch_list") = fmwiss_d2::cuda_compiled_arch_list();
+#else
+  m.attr("cuda_toolkit_version") = 0;
+  m.attr("cuda_compiled_arch_list") = "";
+#endif
   m.def("ms_deform_attn_forward", &fmwiss_d2::forward, "multi-scale deformable attention forward",
         py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"), py::arg("sampling_locations"),
         py::arg("attention_weights"));
   m.def("ms_deform_attn_backward", &fmwiss_d2::backward,
-        "multi-scale deformable attention backward: (grad_value, grad_sampling_locations, grad_attention_weights)",
+        "multi-scale deformable attention backward: (grad_value, grad_sampling_locations, grad_attention_weights); "
+        "deterministic=True makes the CUDA kernel accumulate grad_value without atomics (the CPU kernel is "
+        "always deterministic)",
         py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"), py::arg("grad_output"));
+        py::arg("attention_weights"), py::arg("grad_output"), py::arg("deterministic") = false);
 }
