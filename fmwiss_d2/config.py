@@ -21,6 +21,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.PREVIOUS_WEIGHTS = ""  # final model of the previous step; "" = OUTPUT_DIR/step{k-1}/model_final.pth
     cfg.INCREMENTAL.STEP_BASE_LR = -1.0  # SOLVER.BASE_LR of steps >= 1 (MiB: 10x lower); <= 0 keeps SOLVER.BASE_LR
     cfg.INCREMENTAL.STEP_MAX_ITER = -1  # SOLVER.MAX_ITER of steps >= 1; <= 0 keeps SOLVER.MAX_ITER
+    cfg.INCREMENTAL.EPOCHS = 0  # > 0: every step trains this many epochs of its own data (overrides MAX_ITER)
     cfg.INCREMENTAL.MIB = CN()
     cfg.INCREMENTAL.MIB.KD_WEIGHT = 10.0  # weight of the unbiased distillation (MiB's lambda, 10 in the paper)
     cfg.INCREMENTAL.MIB.UNBIASED_CE = True  # background absorbs old classes in the cross-entropy

@@ -8,6 +8,7 @@ with its task, step and classes and refuses one from another task or step.
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -65,10 +66,16 @@ def configure_step(cfg, eval_only: bool = False):
     cfg.OUTPUT_DIR = os.path.join(root, folder)
     if eval_only:
         cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    elif train_step > 0:
+        return cfg
+    if inc.EPOCHS > 0:  # MiB trains each step for a number of epochs of that step's (filtered) data
+        from detectron2.data import DatasetCatalog
+
+        n = len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
+        cfg.SOLVER.MAX_ITER = max(1, math.ceil(inc.EPOCHS * n / cfg.SOLVER.IMS_PER_BATCH))
+    if train_step > 0:
         if inc.STEP_BASE_LR > 0:
             cfg.SOLVER.BASE_LR = inc.STEP_BASE_LR
-        if inc.STEP_MAX_ITER > 0:
+        if inc.STEP_MAX_ITER > 0 and inc.EPOCHS <= 0:
             cfg.SOLVER.MAX_ITER = inc.STEP_MAX_ITER
         if not inc.PREVIOUS_WEIGHTS:
             inc.PREVIOUS_WEIGHTS = os.path.join(root, f"step{step - 1}", "model_final.pth")
