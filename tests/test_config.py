@@ -27,3 +27,27 @@ def test_every_key_is_commented():
     for line in inspect.getsource(fmwiss_config).splitlines():
         if re.match(r"\s*cfg\.[A-Z0-9_.]+\s*=", line) and "CN()" not in line:
             assert "#" in line, f"config key without a comment: {line.strip()}"
+
+
+def _depth(path):
+    import os
+
+    import yaml
+
+    base = (yaml.safe_load(open(path)) or {}).get("_BASE_")
+    return 1 + (_depth(os.path.join(os.path.dirname(path), base)) if base else 0)
+
+
+def test_every_shipped_config_merges_and_inherits_at_most_three_levels():
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = [f for f in glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True) if "/tasks/" not in f]
+    assert len(files) >= 10
+    for f in files:
+        cfg = get_cfg()
+        add_fmwiss_config(cfg)
+        cfg.merge_from_file(f)  # unknown keys would raise
+        assert _depth(f) <= 3, f"{f} inherits more than three levels"
+        assert "!!python" not in open(f).read()
