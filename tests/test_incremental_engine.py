@@ -127,7 +127,7 @@ def _load_tool(name):
 def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path, monkeypatch):
     spec, cache, _ = tiny_world
     runner = _load_tool("run_incremental")
-    argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "--methods", "MiB",
+    argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "--methods", "MiB,Finetune",
             "INCREMENTAL.TASK", "shapes_6-4", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
             "SHAPES.CACHE_DIR", cache, "SHAPES.SEED", str(spec.seed), "SHAPES.IMAGE_SIZE", str(spec.image_size),
             "SHAPES.NUM_TRAIN", str(spec.num_train), "SHAPES.NUM_VAL", str(spec.num_val),
@@ -136,12 +136,16 @@ def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path
     try:
         summary = runner.main(argv)
         root = tmp_path / "shapes_6-4_overlap"
-        assert [r["step"] for r in summary["steps"]] == [0, 1]
+        assert [(r["method"], r["step"]) for r in summary["steps"]] == [("MiB", 0), ("MiB", 1), ("Finetune", 0), ("Finetune", 1)]
         assert (root / "summary.csv").is_file() and (root / "summary.png").is_file()
+        assert (root / "step0" / "model_final.pth").is_file()  # step 0 is shared by the methods
         stamp = torch.load(root / "MiB" / "step1" / "model_final.pth", weights_only=False)["incremental"]
         assert stamp["step"] == 1 and len(stamp["classes"]) == 11
         log1 = (root / "MiB" / "step1" / "log.txt").read_text()
         assert "Step 1 starts from step 0's model" in log1 and "loss_kd" in log1
+        ft_log = (root / "Finetune" / "step1" / "log.txt").read_text()
+        assert f"Loading from {root / 'step0' / 'model_final.pth'}" in ft_log and "loss_kd" not in ft_log
+        assert not (root / "MiB" / "step0").exists() and not (root / "Finetune" / "step0").exists()
 
         def must_not_train(*a, **k):
             raise AssertionError("a finished step was trained again")

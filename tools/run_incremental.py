@@ -7,7 +7,9 @@
 
 Each step is an ordinary ``tools/train_net.py`` training (so --resume, --num-gpus and --eval-only work per
 step) written to ``OUTPUT_DIR/<task>_<setting>/<method>/step<k>``; a step whose final model and results
-exist is skipped. "Joint" trains every class at once (the upper bound) and is evaluated like the last step.
+exist is skipped. Step 0 learns the base classes the same way for every method, so it is trained once, in
+``OUTPUT_DIR/<task>_<setting>/step0``, and shared. "Joint" trains every class at once (the upper bound) and
+is evaluated like the last step.
 The comparison is written to ``OUTPUT_DIR/<task>_<setting>/summary.{csv,json,png}`` and printed.
 """
 import argparse
@@ -82,9 +84,16 @@ def main(argv=None):
         steps = [last] if method == JOINT else range(task.num_steps)
         for k in steps:
             dataset = task.dataset_name(setting, k, task.steps[k].val[0][0])
-            step_dir = os.path.join(method_root, "joint" if method == JOINT else f"step{k}")
-            run_step(args, ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k),
-                            "INCREMENTAL.METHOD", method, "OUTPUT_DIR", method_root], step_dir, dataset)
+            opts = ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k), "INCREMENTAL.METHOD", method]
+            if method == JOINT:
+                step_dir, opts = os.path.join(method_root, "joint"), opts + ["OUTPUT_DIR", method_root]
+            elif k == 0:  # shared by every method
+                step_dir, opts = os.path.join(root, "step0"), opts + ["OUTPUT_DIR", root]
+            else:
+                step_dir, opts = os.path.join(method_root, f"step{k}"), opts + ["OUTPUT_DIR", method_root]
+                if k == 1:
+                    opts += ["INCREMENTAL.PREVIOUS_WEIGHTS", os.path.join(root, "step0", "model_final.pth")]
+            run_step(args, opts, step_dir, dataset)
             with open(step_results_path(step_dir, dataset)) as f:
                 res = json.load(f)
             m = res["metrics"]
