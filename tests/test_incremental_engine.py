@@ -162,3 +162,45 @@ def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path
         cfg = get_cfg()
         add_fmwiss_config(cfg)
         register_shapes_from_cfg(cfg)  # back to the default world for other tests
+
+
+def test_user_task_on_a_detectron2_load_sem_seg_dataset_trains_and_evaluates(tmp_path):
+    """A dataset registered the detectron2 way (load_sem_seg over two folders) becomes an incremental
+    benchmark with one YAML file; step 0 trains and is evaluated with the old/new/all split."""
+    import numpy as np
+    from PIL import Image
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import load_sem_seg
+
+    from fmwiss_d2.data.datasets.tasks import load_task_file
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 4)):
+        (tmp_path / split / "img").mkdir(parents=True)
+        (tmp_path / split / "gt").mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((32, 32), np.uint8)
+            mask[4:14, 4:14] = 1 + i % 3  # one object of class 1, 2 or 3
+            img = (rng.random((32, 32, 3)) * 60).astype(np.uint8)
+            img[mask > 0] = (200, 60 * (i % 3), 30)
+            Image.fromarray(img).save(tmp_path / split / "img" / f"{i}.png")
+            Image.fromarray(mask).save(tmp_path / split / "gt" / f"{i}.png")
+        name = f"mydata_{split}"
+        DatasetCatalog.register(name, lambda s=split: load_sem_seg(str(tmp_path / s / "gt"), str(tmp_path / s / "img"),
+                                                                   gt_ext="png", image_ext="png"))
+        MetadataCatalog.get(name).set(stuff_classes=["background", "cat", "dog", "cow"], ignore_label=255)
+    task_file = tmp_path / "mytask.yaml"
+    task_file.write_text("name: my_2-1\ntrain: mydata_train\nval: mydata_val\nsteps:\n"
+                         "  - [background, cat, dog]\n  - [cow]\n")
+    load_task_file(str(task_file))
+    train_net = _load_tool("train_net")
+    args = train_net.parse_args([
+        "--config-file", os.path.join(ROOT, "configs", DEEPLAB), "INCREMENTAL.TASK", str(task_file),
+        "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
+        "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.ENABLED", "False", "INPUT.MIN_SIZE_TRAIN", "(32,)",
+        "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"])
+    results = train_net.main(args)
+    res = results["sem_seg"] if "sem_seg" in results else results["my_2-1_overlap_step0_val"]["sem_seg"]
+    assert {"mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"} <= set(res)
+    saved = tmp_path / "out" / "step0" / "inference" / "incremental_results_my_2-1_overlap_step0_val.json"
+    assert json.loads(saved.read_text())["classes"] == ["background", "cat", "dog"]
