@@ -107,8 +107,9 @@ template <typename A, typename T>
 inline A axpy_dot(A* __restrict__ grad_v, const T* __restrict__ v, const A* __restrict__ g, A a, int64_t n) {
   constexpr int64_t kLanes = 8;
   A part[kLanes] = {};
+  const int64_t n_main = n - n % kLanes;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
+  for (; i < n_main; i += kLanes) {
     for (int64_t j = 0; j < kLanes; ++j) {
       part[j] += g[i + j] * static_cast<A>(v[i + j]);
       grad_v[i + j] += a * g[i + j];
