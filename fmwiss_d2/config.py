@@ -45,6 +45,10 @@ def _add_model_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DROPOUT = 0.0  # encoder dropout
 
+    # Multi-scale deformable attention (fmwiss_d2/modeling/ops).
+    cfg.MODEL.MS_DEFORM_ATTN = CN()
+    cfg.MODEL.MS_DEFORM_ATTN.DETERMINISTIC = False  # bitwise-reproducible CUDA backward; False = follow torch's switch
+
     # Mask2Former-style mask classification (meta-architecture "MaskFormer").
     cfg.MODEL.MASK_FORMER = CN()
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # decoder registry name

@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import fmwiss_d2  # noqa: E402,F401  (registers datasets)
 import fmwiss_d2.modeling  # noqa: E402,F401  (registers models)
@@ -39,6 +41,7 @@ def setup(args):
     default_device_check(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fmwiss_d2", abbrev_name="fmwiss")
     return cfg
 
 

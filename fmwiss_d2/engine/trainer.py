@@ -34,6 +34,9 @@ class Trainer(DefaultTrainer):
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        from ..modeling.ops import set_deterministic
+
+        set_deterministic(cfg.MODEL.MS_DEFORM_ATTN.DETERMINISTIC)
         model = self.build_train_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
