@@ -128,7 +128,7 @@ def _add_foundation_config(cfg):
     cfg.MODEL.CLIP.BACKGROUND_NAMES = ["sky", "wall", "grass", "sand"]  # background prompts competing in dense maps
     cfg.MODEL.CLIP.PRETRAIN = CN()  # "auto:shapes" pretraining on the world of cfg.SHAPES (all enter the cache key)
     cfg.MODEL.CLIP.PRETRAIN.STEPS = 1000  # optimizer steps of contrastive image-caption training
-    cfg.MODEL.CLIP.PRETRAIN.BATCH_SIZE = 128  # image-caption pairs per step
+    cfg.MODEL.CLIP.PRETRAIN.BATCH_SIZE = 64  # image-caption pairs per step
     cfg.MODEL.CLIP.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.CLIP.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
 
@@ -139,7 +139,7 @@ def _add_foundation_config(cfg):
     cfg.MODEL.DINO.CHECKPOINT = "auto:shapes"  # DINO-format file, "auto:shapes" (pretrain if absent) or "" (random)
     cfg.MODEL.DINO.CHECKPOINT_KEY = "teacher"  # network of a full training checkpoint to load ("teacher" or "student")
     cfg.MODEL.DINO.PRETRAIN = CN()  # "auto:shapes" pretraining on the world of cfg.SHAPES (all enter the cache key)
-    cfg.MODEL.DINO.PRETRAIN.STEPS = 500  # optimizer steps of self-distillation
+    cfg.MODEL.DINO.PRETRAIN.STEPS = 400  # optimizer steps of self-distillation
     cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global + local crops)
     cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.DINO.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed

@@ -6,6 +6,7 @@ and every augmentation runs batched on tensors: random-resized crops are one ``r
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -61,9 +62,20 @@ def flip_horizontal(images: torch.Tensor, generator: torch.Generator, p: float =
     return out
 
 
+def hue_rotation_matrices(turns: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 3)`` rotations of RGB space about the gray axis by ``turns * 360`` degrees (a hue shift that
+    keeps gray levels; Rodrigues' formula with the unit axis (1, 1, 1) / sqrt(3))."""
+    theta = turns * 2 * math.pi
+    cos, sin = torch.cos(theta).view(-1, 1, 1), torch.sin(theta).view(-1, 1, 1)
+    u = torch.full((3,), 3 ** -0.5)
+    cross = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    return cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(u, u)
+
+
 def color_jitter(images: torch.Tensor, generator: torch.Generator, brightness=0.3, contrast=0.3,
-                 saturation=0.3) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors in ``1 +- amount``; images in [0, 255]."""
+                 saturation=0.3, hue=0.0, p: float = 1.0) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors in ``1 +- amount`` and a hue shift in
+    ``+- hue`` turns, applied to a share ``p`` of the images; images in [0, 255]."""
     b = images.shape[0]
 
     def _f(a):
@@ -74,10 +86,17 @@ def color_jitter(images: torch.Tensor, generator: torch.Generator, brightness=0.
     x = (x - mean) * _f(contrast) + mean
     gray = x.mean(dim=1, keepdim=True)
     x = (x - gray) * _f(saturation) + gray
-    return x.clamp(0, 255)
+    if hue:
+        rot = hue_rotation_matrices((torch.rand(b, generator=generator) * 2 - 1) * hue).to(images)
+        x = torch.einsum("bij,bjhw->bihw", rot, x)
+    x = x.clamp(0, 255)
+    if p < 1.0:
+        apply = (torch.rand(b, generator=generator) < p).to(images.device).view(-1, 1, 1, 1)
+        x = torch.where(apply, x, images)
+    return x
 
 
-def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size: int, context: float = 1.25,
+def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size: int, context: float = 1.0,
                    max_crops: int | None = None):
     """Single-object crops of ``shapes_instance_{split}``: a square around each bbox, side ``context * max(w, h)``,
     shifted inside the image, resized to ``out_size`` with ``roi_align``.

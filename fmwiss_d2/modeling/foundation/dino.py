@@ -70,6 +70,7 @@ def build_vit(cfg: dict) -> nn.Module:
         depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg.get("mlp_ratio", 4.0),
         qkv_bias=cfg.get("qkv_bias", True), num_classes=0, global_pool="token",
         drop_path_rate=cfg.get("drop_path_rate", 0.0), norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        dynamic_img_size=True,  # timm's own forward (used in pretraining) then accepts multi-crop sizes
     )
 
 

@@ -1,7 +1,9 @@
 """Quality measures of the foundation models on the synthetic world (used by tools/bench/foundation_quality.py).
 
-* :func:`zero_shot_crop_accuracy` -- CLIP top-1 on single-object crops (``shapes_instance_*`` boxes) against
-  the class-name prompts of the 10 object classes (chance 10%).
+* :func:`zero_shot_crop_accuracy` -- CLIP top-1 on single-object crops (``shapes_instance_*`` boxes: the square
+  of side ``context`` x the box's longer side, shifted inside the image) against the class-name prompts of the
+  10 object classes (chance 10%). ``context = 1.0`` was chosen on the *train* split (tiny CLIP, seed 0:
+  top-1 0.746 / 0.677 / 0.614 for context 1.0 / 1.25 / 1.5); tighter squares hold fewer neighbours.
 * :func:`dense_label_miou` -- CLIP dense maps turned into a segmentation with the image-level labels given:
   each pixel takes the argmax over the labelled classes and the background prompts (any background prompt
   winning = background); mIoU over background + 10 classes against the ground truth (255 ignored).
@@ -24,7 +26,7 @@ __all__ = ["zero_shot_crop_accuracy", "dense_label_miou", "dino_foreground_iou",
 
 @torch.no_grad()
 def zero_shot_crop_accuracy(clip, spec: WorldSpec, split: str = "val", cache_dir: str | None = None,
-                            context: float = 1.25, batch_size: int = 256, max_crops: int | None = None) -> dict:
+                            context: float = 1.0, batch_size: int = 256, max_crops: int | None = None) -> dict:
     from .data import instance_crops
 
     size = clip.image_size[0]

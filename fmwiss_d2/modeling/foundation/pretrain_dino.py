@@ -42,21 +42,21 @@ DEFAULT_ARCH = "dino_shapes_tiny"
 class DINOPretrainConfig:
     """Hyper-parameters of the tiny DINO pretraining (all of them enter the cache key)."""
 
-    steps: int = 500  # optimizer steps
+    steps: int = 400  # optimizer steps
     batch_size: int = 64  # images per step
     lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay)
     warmup: int = 50  # warm-up steps
     weight_decay: float = 0.04  # on matrices only
-    global_size: int = 64  # side of the two global crops
-    global_scale: tuple = (0.4, 1.0)  # their area range
+    global_size: int = 48  # side of the two global crops
+    global_scale: tuple = (0.7, 1.0)  # their area range: both hold (nearly) every object
     local_crops: int = 4  # number of local crops
-    local_size: int = 32  # their side
-    local_scale: tuple = (0.05, 0.4)  # their area range
-    out_dim: int = 1024  # prototypes K of the projection head
+    local_size: int = 24  # their side
+    local_scale: tuple = (0.03, 0.2)  # their area range: about one object or less
+    out_dim: int = 256  # prototypes K of the projection head
     student_temp: float = 0.1  # tau_s
     teacher_temp: float = 0.04  # tau_t (sharpening)
     center_momentum: float = 0.9  # EMA of the teacher's mean output
-    ema_start: float = 0.99  # teacher momentum at step 0, cosine to 1 at the end
+    ema_start: float = 0.98  # teacher momentum at step 0, cosine to 1 at the end
     freeze_last_layer: int = 20  # steps during which the prototypes are not updated (stabilizes the start)
     clip_grad: float = 3.0  # per-step gradient-norm clip
     seed: int = 0  # initialization, batch order and augmentations
@@ -148,7 +148,9 @@ def _param_groups(model: nn.Module, weight_decay: float):
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     from .data import color_jitter, flip_horizontal
 
-    x = color_jitter(flip_horizontal(x, gen), gen, brightness=0.4, contrast=0.4, saturation=0.4)
+    # BYOL/DINO colour augmentation, hue included: without it the exact tint of an image's background is a
+    # view-invariant signature of the image, and the CLS token learns to attend to the background
+    x = color_jitter(flip_horizontal(x, gen), gen, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8)
     gray = torch.rand(x.shape[0], generator=gen) < 0.2
     x[gray] = x[gray].mean(1, keepdim=True).expand(-1, 3, -1, -1)
     return x

@@ -1,0 +1,139 @@
+"""Pretraining tools: a few iterations on the tiny world give cached, loadable checkpoints in the public formats,
+and configs with "auto:shapes" checkpoints trigger them."""
+import importlib.util
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from fmwiss_d2.modeling.foundation.pretrain_clip import CLIPPretrainConfig, ensure_tiny_clip
+from fmwiss_d2.modeling.foundation.pretrain_dino import DINOPretrainConfig, dino_loss, ensure_tiny_dino
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CLIP_CFG = CLIPPretrainConfig(steps=2, batch_size=8, warmup=1)
+DINO_CFG = DINOPretrainConfig(steps=2, batch_size=4, local_crops=2, warmup=1, out_dim=64)
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def clip_ckpt(tiny_world):
+    spec, cache, _ = tiny_world
+    return ensure_tiny_clip(spec, cache, config=CLIP_CFG, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dino_ckpt(tiny_world):
+    spec, cache, _ = tiny_world
+    return ensure_tiny_dino(spec, cache, config=DINO_CFG, progress=False)
+
+
+def test_clip_checkpoint_is_cached_and_loadable(tiny_world, clip_ckpt):
+    import open_clip
+
+    from fmwiss_d2.modeling.foundation.clip import build_clip
+
+    spec, cache, _ = tiny_world
+    mtime = os.path.getmtime(clip_ckpt)
+    assert ensure_tiny_clip(spec, cache, config=CLIP_CFG) == clip_ckpt and os.path.getmtime(clip_ckpt) == mtime
+    raw = torch.load(clip_ckpt, map_location="cpu", weights_only=True)
+    assert raw["name"] == "ShapesCLIP-Tiny" and "visual.transformer.resblocks.0.attn.in_proj_weight" in raw["state_dict"]
+    clip = build_clip("ShapesCLIP-Tiny", clip_ckpt)
+    assert torch.equal(clip.model.state_dict()["visual.proj"], raw["state_dict"]["visual.proj"])
+    # open_clip's own loader reads the same file
+    ref = open_clip.create_model("ShapesCLIP-Tiny", pretrained=clip_ckpt)
+    assert torch.equal(ref.state_dict()["text_projection"], raw["state_dict"]["text_projection"])
+    # another training config is another cache entry
+    from fmwiss_d2.modeling.foundation.pretrain_clip import clip_checkpoint_path
+
+    assert clip_checkpoint_path(spec, cache, "ShapesCLIP-Tiny", CLIPPretrainConfig(steps=3)) != clip_ckpt
+
+
+def test_dino_checkpoint_has_public_layout(dino_ckpt):
+    from fmwiss_d2.modeling.foundation.dino import build_dino
+
+    raw = torch.load(dino_ckpt, map_location="cpu", weights_only=True)
+    assert "module.backbone.cls_token" in raw["student"] and "module.head.last_layer.weight_g" in raw["student"]
+    assert "backbone.blocks.0.attn.qkv.weight" in raw["teacher"] and "head.mlp.0.weight" in raw["teacher"]
+    teacher = build_dino("dino_shapes_tiny", dino_ckpt)
+    student = build_dino("dino_shapes_tiny", dino_ckpt, checkpoint_key="student")
+    assert torch.equal(teacher.vit.pos_embed, raw["teacher"]["backbone.pos_embed"])
+    assert torch.equal(student.vit.pos_embed, raw["student"]["module.backbone.pos_embed"])
+    out = teacher(torch.rand(1, 3, 64, 96) * 255)
+    assert out["attentions"].shape[-2:] == (8, 12)
+
+
+def test_cli_tools_print_cached_paths(tiny_world, clip_ckpt, dino_ckpt, capsys):
+    spec, cache, _ = tiny_world
+    world = ["--world-seed", str(spec.seed), "--num-train", str(spec.num_train), "--num-val", str(spec.num_val),
+             "--image-size", str(spec.image_size), "--cache-dir", cache]
+    clip_path = _tool("pretrain_clip").main(world + ["--steps", "1", "--batch-size", "8"])
+    dino_path = _tool("pretrain_dino").main(world + ["--steps", "1", "--batch-size", "4", "--eval"])
+    out = capsys.readouterr().out
+    assert clip_path in out and dino_path in out and "foreground_iou" in out
+    assert os.path.isfile(clip_path) and os.path.isfile(dino_path)
+
+
+def test_config_auto_checkpoint_triggers_pretraining(tiny_world, clip_ckpt, dino_ckpt):
+    from detectron2.config import get_cfg
+
+    from fmwiss_d2.config import add_fmwiss_config
+    from fmwiss_d2.modeling.foundation import build_clip_from_cfg, build_dino_from_cfg
+
+    spec, cache, _ = tiny_world
+    cfg = get_cfg()
+    add_fmwiss_config(cfg)
+    cfg.SHAPES.merge_from_list(["CACHE_DIR", cache, "SEED", spec.seed, "NUM_TRAIN", spec.num_train,
+                                "NUM_VAL", spec.num_val, "IMAGE_SIZE", spec.image_size])
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.CLIP.PRETRAIN.merge_from_list(["STEPS", 1, "BATCH_SIZE", 8])
+    cfg.MODEL.DINO.PRETRAIN.merge_from_list(["STEPS", 1, "BATCH_SIZE", 4])
+    clip = build_clip_from_cfg(cfg)
+    dino = build_dino_from_cfg(cfg)
+    assert clip.text_embeddings(["disc"]).shape[0] == 1 and dino.num_heads > 0
+    assert len([f for f in os.listdir(os.path.join(cache, "foundation")) if f.endswith(".pt")]) >= 4
+
+
+def test_config_defaults_match_pretraining_defaults():
+    """``auto:shapes`` from a config and from build_clip/build_dino must hit the same cache entry."""
+    from detectron2.config import get_cfg
+
+    from fmwiss_d2.config import add_fmwiss_config
+
+    cfg = get_cfg()
+    add_fmwiss_config(cfg)
+    for node, default in ((cfg.MODEL.CLIP.PRETRAIN, CLIPPretrainConfig()), (cfg.MODEL.DINO.PRETRAIN, DINOPretrainConfig())):
+        d = asdict(default)
+        assert (node.STEPS, node.BATCH_SIZE, node.LR, node.SEED) == (d["steps"], d["batch_size"], d["lr"], d["seed"])
+
+
+def test_dino_loss_hand_worked():
+    """Two global views and one local view, K = 2 prototypes, batch 1: the loss is the mean of the four
+    cross-entropies (teacher 0, student 1), (0, 2), (1, 0), (1, 2) -- a view is never matched with itself."""
+    t = torch.tensor([[0.0, 0.0], [1.0, -1.0]])  # teacher logits for global view 0 and 1 (batch 1)
+    s = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # student: uniform on every view
+    center = torch.zeros(1, 2)
+    # uniform student => every cross-entropy is log 2, whatever the teacher
+    assert abs(float(dino_loss(s, t, center, 2, 0.1, 0.04)) - float(torch.log(torch.tensor(2.0)))) < 1e-6
+    # a non-uniform student on the local view, worked out term by term
+    s2 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    q0 = torch.softmax(t[0] / 0.04, 0)
+    q1 = torch.softmax(t[1] / 0.04, 0)
+    ls = torch.log_softmax(s2 / 0.1, dim=1)
+    expected = (-(q0 * ls[1]).sum() - (q0 * ls[2]).sum() - (q1 * ls[0]).sum() - (q1 * ls[2]).sum()) / 4
+    assert abs(float(dino_loss(s2, t, center, 2, 0.1, 0.04)) - float(expected)) < 1e-6
+
+
+def test_hue_rotation_keeps_gray_and_cycles_channels():
+    from fmwiss_d2.modeling.foundation.data import hue_rotation_matrices
+
+    r = hue_rotation_matrices(torch.tensor([0.0, 1 / 3, 0.07]))
+    torch.testing.assert_close(r[0], torch.eye(3))
+    torch.testing.assert_close(r[1] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r[2] @ torch.ones(3), torch.ones(3))  # gray stays gray
