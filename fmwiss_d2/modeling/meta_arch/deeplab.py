@@ -12,12 +12,13 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..heads.classifier import IncrementalClassifier
+from .base import SegmentorBase
 
 __all__ = ["DeepLabV3"]
 
 
 @META_ARCH_REGISTRY.register()
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentorBase):
     """backbone feature (stride 16) -> ASPP (1x1, three atrous 3x3, image pooling; concatenated, projected)
     -> per-pixel :class:`IncrementalClassifier` -> logits, upsampled bilinearly to the image.
 
@@ -54,7 +55,8 @@ class DeepLabV3(nn.Module):
             pixel_mean / pixel_std: input normalisation.
             size_divisibility: images are padded to a multiple of this (0 = backbone's own).
         """
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=size_divisibility if size_divisibility > 0 else backbone.size_divisibility)
         self.backbone = backbone
         self.in_feature = in_feature
         in_channels = backbone.output_shape()[in_feature].channels
@@ -63,9 +65,6 @@ class DeepLabV3(nn.Module):
         self.classifier = IncrementalClassifier(aspp_channels, classes_per_step)
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
-        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -84,14 +83,6 @@ class DeepLabV3(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
         }
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward_outputs(self, images: torch.Tensor) -> Dict:
         """``pred_logits`` (N, K, H, W) at the image resolution and ``features`` (N, C, H/16, W/16)."""

@@ -12,6 +12,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 
 from ..criterion import build_criterion
+from .base import SegmentorBase
 from ..matcher import build_matcher
 from ..pixel_decoder import build_pixel_decoder
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
@@ -21,7 +22,7 @@ __all__ = ["MaskFormer"]
 
 
 @META_ARCH_REGISTRY.register()
-class MaskFormer(nn.Module):
+class MaskFormer(SegmentorBase):
     """backbone -> pixel decoder -> transformer decoder -> (class, mask) per query.
 
     The three stages a method may reuse are separate methods: :meth:`forward_outputs` (raw predictions),
@@ -63,14 +64,12 @@ class MaskFormer(nn.Module):
             test_topk_per_image: instances kept per image.
             sem_seg_postprocess_before_inference: resize masks to the output size before combining them.
         """
-        super().__init__()
+        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=size_divisibility if size_divisibility > 0 else backbone.size_divisibility)
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.criterion = criterion
-        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.semantic_on = semantic_on
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
@@ -107,17 +106,9 @@ class MaskFormer(nn.Module):
         }
 
     @property
-    def device(self):
-        return self.pixel_mean.device
-
-    @property
     def classifier(self):
         """The :class:`IncrementalClassifier` producing the class logits."""
         return self.transformer_decoder.class_embed
-
-    def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward_outputs(self, images: torch.Tensor) -> Dict:
         """Raw predictions for a normalised, padded batch (N, 3, H, W): ``pred_logits`` (N, Q, K+1),

@@ -1,0 +1,26 @@
+"""What every meta-architecture of this project shares: input normalisation and padding."""
+from typing import Dict, List, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.structures import ImageList
+
+
+class SegmentorBase(nn.Module):
+    """Holds ``pixel_mean``/``pixel_std`` buffers and ``size_divisibility``; turns detectron2's batched inputs
+    into a normalised, padded :class:`ImageList` (:meth:`preprocess_images`)."""
+
+    def __init__(self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int):
+        super().__init__()
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
