@@ -142,6 +142,7 @@ def plot_steps(rows: list[dict], png_path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    steps = sorted({r["step"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     for ax, g in zip(axes, GROUPS):
         for m in methods:
@@ -151,6 +152,8 @@ def plot_steps(rows: list[dict], png_path: str, title: str = "") -> None:
                 ax.plot(xs, ys, marker="o", label=m)
         ax.set_title(f"{g} classes")
         ax.set_xlabel("step")
+        ax.set_xticks(steps)
+        ax.set_xlim(min(steps) - 0.3, max(steps) + 0.3)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU (%)")
     axes[-1].legend(loc="best")
