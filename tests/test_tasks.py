@@ -198,3 +198,24 @@ def test_shipped_task_files_load(tmp_path):
     reordered = [t for t in tasks if t.name == "shapes_2-2-2-4_reordered"][0]
     assert reordered.class_order[:5] == ["background", "heart", "ring", "star", "disc"]
     assert reordered.old_class_ids(2) == [1, 2, 3, 4] and reordered.new_class_ids(2) == [5, 6]
+
+
+def test_class_table_cache_is_reused_and_recomputed_when_files_change(handmade, tmp_path, monkeypatch):
+    import PIL.Image
+
+    from fmwiss_d2.data.datasets.tasks import image_class_table
+
+    records = [dict(r) for r in handmade]
+    first = image_class_table("handmade_cache", records, cache_dir=str(tmp_path))
+    # worked from HANDMADE_IMAGES: background 0 everywhere, plus the painted classes' ids (a=1 ... d=4)
+    assert first == [[0, 1], [0, 1, 3], [0, 3], [0, 3, 4], [0, 2, 4], [0], [0, 2]]
+    assert len(list((tmp_path / "splits").iterdir())) == 1
+
+    def no_reading(*a, **k):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(PIL.Image, "open", no_reading)
+    assert image_class_table("handmade_cache", records, cache_dir=str(tmp_path)) == first
+    monkeypatch.undo()
+    fewer = image_class_table("handmade_cache", records[:3], cache_dir=str(tmp_path))  # another file list
+    assert fewer == first[:3] and len(list((tmp_path / "splits").iterdir())) == 2
