@@ -9,16 +9,13 @@ Configs with ``MODEL.CLIP.CHECKPOINT: "auto:shapes"`` call the same function (``
 """
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
-
-from fmwiss_d2.data.datasets.shapes import WorldSpec  # noqa: E402
+from fmwiss_d2.modeling.foundation.cli import add_pretrain_args, parse_pretrain_args  # noqa: E402
 from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL, CLIPPretrainConfig, ensure_tiny_clip  # noqa: E402
 
 
@@ -26,23 +23,9 @@ def main(argv=None) -> str:
     d = CLIPPretrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model name or model-config JSON")
-    p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world")
-    p.add_argument("--num-train", type=int, default=WorldSpec.num_train)
-    p.add_argument("--num-val", type=int, default=WorldSpec.num_val)
-    p.add_argument("--image-size", type=int, default=WorldSpec.image_size)
-    p.add_argument("--cache-dir", default=None, help="cache root ($FMWISS_CACHE or ~/.cache/fmwiss_d2)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_pretrain_args(p, d)
     p.add_argument("--eval", action="store_true", help="print zero-shot and dense quality on the val split")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = WorldSpec(seed=args.world_seed, image_size=args.image_size, num_train=args.num_train, num_val=args.num_val)
-    config = CLIPPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    args, spec, config = parse_pretrain_args(p, argv, CLIPPretrainConfig)
     t0 = time.time()
     path = ensure_tiny_clip(spec, args.cache_dir, model_name=args.model, config=config)
     print(path)
