@@ -26,6 +26,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.MIB.KD_WEIGHT = 10.0  # weight of the unbiased distillation (MiB's lambda, 10 in the paper)
     cfg.INCREMENTAL.MIB.UNBIASED_CE = True  # background absorbs old classes in the cross-entropy
     cfg.INCREMENTAL.MIB.INIT_FROM_BACKGROUND = True  # new classifiers start from the background's
+    cfg.INCREMENTAL.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
 
     _add_model_config(cfg)
     _add_foundation_config(cfg)

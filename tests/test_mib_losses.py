@@ -115,3 +115,19 @@ def test_unbiased_ce_class_weights_match_cross_entropy_weights():
     nll = torch.stack([-(merged[t][i] if t in merged else lp[i, t]) for i, t in enumerate(y)])
     ww = w[y]
     assert torch.allclose(got, (ww * nll).sum() / ww.sum())
+
+
+def test_old_query_mask_distillation_hand_worked():
+    from fmwiss_d2.methods.mib import old_query_mask_distillation
+
+    # 1 image, 2 queries, classes [bg, old1, new2, no-object] (old model: [bg, old1, no-object]), 1x2 masks
+    old = {"pred_logits": torch.tensor([[[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]]),
+           "pred_masks": torch.tensor([[[[1.0, -1.0]], [[0.5, 0.5]]]])}
+    new = {"pred_masks": torch.tensor([[[[0.0, 0.0]], [[2.0, -2.0]]]])}
+    w = torch.softmax(old["pred_logits"], -1)[0, :, 1]  # probability of the old class 1 per query
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    bce = lambda z, t: -(t * math.log(sig(z)) + (1 - t) * math.log(1 - sig(z)))  # noqa: E731
+    q0 = bce(0.0, sig(1.0)) + bce(0.0, sig(-1.0))
+    q1 = bce(2.0, sig(0.5)) + bce(-2.0, sig(0.5))
+    expected = (w[0].item() * q0 + w[1].item() * q1) / 4  # mean over 2 queries x 2 pixels
+    assert old_query_mask_distillation(new, old, old_ids=[1]).item() == pytest.approx(expected, rel=1e-5)

@@ -12,9 +12,24 @@ New classifiers start from the background (per-pixel) or "no object" (mask class
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..modeling.losses.mib import background_init, unbiased_cross_entropy, unbiased_distillation
 from .base import METHOD_REGISTRY, IncrementalMethod, is_mask_classification
+
+
+def old_query_mask_distillation(outputs, old_outputs, old_ids) -> torch.Tensor:
+    """Mask distillation for mask classification (after CoMFormer): every query's mask logits are pulled to the
+    old model's mask probabilities, weighted by the old model's probability that the query is an old class:
+
+        loss = mean_{n,q,x} w_{nq} * BCE(sigmoid(m_{nq}(x)), sigmoid(m^old_{nq}(x))),  w = sum_{c in old} p^old_c
+
+    Why: in the new labels old objects are background, so without it the masks of old-object queries
+    are free to drift while the background's mask grows over them."""
+    w = old_outputs["pred_logits"].softmax(-1)[..., list(old_ids)].sum(-1)  # (N, Q)
+    target = old_outputs["pred_masks"].sigmoid()
+    bce = F.binary_cross_entropy_with_logits(outputs["pred_masks"].float(), target.float(), reduction="none")
+    return (w[..., None, None] * bce).mean()
 
 
 @METHOD_REGISTRY.register()
@@ -27,6 +42,7 @@ class MiB(IncrementalMethod):
         self.kd_weight = c.KD_WEIGHT
         self.unbiased_ce = c.UNBIASED_CE
         self.init_from_background = c.INIT_FROM_BACKGROUND
+        self.mask_kd_weight = c.MASK_KD_WEIGHT
 
     def init_new_classes(self, model) -> None:
         if not self.init_from_background or self.step == 0:
@@ -59,6 +75,8 @@ class MiB(IncrementalMethod):
             finally:
                 model.criterion.class_loss = None
             kd = unbiased_distillation(outputs["pred_logits"], old["pred_logits"], self.new_ids, background=-1, dim=-1)
+            if self.mask_kd_weight > 0:
+                losses["loss_mask_kd"] = self.mask_kd_weight * old_query_mask_distillation(outputs, old, self.old_ids)
         else:
             losses = model.losses(outputs, targets)
             if self.unbiased_ce:
