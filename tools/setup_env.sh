@@ -56,7 +56,9 @@ if [ ! -f "$STAMPS/detectron2" ]; then
 fi
 
 src_key=$(cat setup.py $(find fmwiss_d2/modeling/ops/csrc -type f 2>/dev/null | sort) 2>/dev/null | sha1sum | cut -c1-12)
-if [ ! -f "$STAMPS/package-$src_key-${FORCE_CUDA:-0}" ] || ! "$PY" -c "import fmwiss_d2" 2>/dev/null; then
+# A build with the CUDA kernels also serves CPU-only use, so without FORCE_CUDA any build of these sources is kept.
+if [ "${FORCE_CUDA:-0}" = "1" ]; then stamp_glob="package-$src_key-1"; else stamp_glob="package-$src_key-*"; fi
+if ! compgen -G "$STAMPS/$stamp_glob" >/dev/null || ! "$PY" -c "import fmwiss_d2" 2>/dev/null; then
   log "installing fmwiss_d2 (editable; compiles fmwiss_d2._C)"
   "${PIP[@]}" install --no-build-isolation --no-deps -e .
   rm -f "$STAMPS"/package-*
