@@ -195,8 +195,9 @@ def test_op_is_registered_for_compile_and_export():
     """Schema, fake (meta) implementation and autograd registration are consistent (torch.library.opcheck)."""
     value, ss, lsi, loc, w = make_inputs(shapes=((3, 4), (2, 2)), N=1, H=2, C=2, Lq=3, seed=11)
     args = (value.requires_grad_(), ss, lsi, loc.requires_grad_(), w.requires_grad_())
-    torch.library.opcheck(torch.ops.fmwiss_d2.ms_deform_attn.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    result = torch.library.opcheck(torch.ops.fmwiss_d2.ms_deform_attn.default, args,
+                                   test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    assert result == {"test_schema": "SUCCESS", "test_faketensor": "SUCCESS", "test_autograd_registration": "SUCCESS"}
 
 
 # ---------------------------------------------------------------------------------------------------------

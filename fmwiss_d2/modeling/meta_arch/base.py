@@ -9,7 +9,9 @@ from detectron2.structures import ImageList
 
 class SegmentorBase(nn.Module):
     """Holds ``pixel_mean``/``pixel_std`` buffers and ``size_divisibility``; turns detectron2's batched inputs
-    into a normalised, padded :class:`ImageList` (:meth:`preprocess_images`)."""
+    into a normalised, padded :class:`ImageList` (:meth:`preprocess_images`); ``forward`` chains the stages a
+    subclass defines (``forward_outputs``, ``prepare_targets``, ``losses``, ``inference``), which methods reuse
+    one by one."""
 
     def __init__(self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int):
         super().__init__()
@@ -24,3 +26,11 @@ class SegmentorBase(nn.Module):
     def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Training: dict of weighted losses. Inference: one result dict per image."""
+        images = self.preprocess_images(batched_inputs)
+        outputs = self.forward_outputs(images.tensor)
+        if self.training:
+            return self.losses(outputs, self.prepare_targets(batched_inputs, images))
+        return self.inference(outputs, batched_inputs, images)

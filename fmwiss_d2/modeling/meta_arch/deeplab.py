@@ -107,10 +107,3 @@ class DeepLabV3(SegmentorBase):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
             results.append({"sem_seg": sem_seg_postprocess(logits.softmax(0), image_size, height, width)})
         return results
-
-    def forward(self, batched_inputs: List[Dict]):
-        images = self.preprocess_images(batched_inputs)
-        outputs = self.forward_outputs(images.tensor)
-        if self.training:
-            return self.losses(outputs, self.prepare_targets(batched_inputs, images))
-        return self.inference(outputs, batched_inputs, images)

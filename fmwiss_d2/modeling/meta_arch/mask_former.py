@@ -164,11 +164,3 @@ class MaskFormer(SegmentorBase):
                 )
             results.append(out)
         return results
-
-    def forward(self, batched_inputs: List[Dict]):
-        """Training: dict of weighted losses. Inference: per image ``sem_seg`` / ``panoptic_seg`` / ``instances``."""
-        images = self.preprocess_images(batched_inputs)
-        outputs = self.forward_outputs(images.tensor)
-        if self.training:
-            return self.losses(outputs, self.prepare_targets(batched_inputs, images))
-        return self.inference(outputs, batched_inputs, images)
