@@ -29,7 +29,8 @@ from detectron2.engine import launch  # noqa: E402
 from fmwiss_d2 import add_fmwiss_config  # noqa: E402
 from fmwiss_d2.data.datasets.tasks import resolve_task  # noqa: E402
 from fmwiss_d2.engine.incremental import JOINT  # noqa: E402
-from fmwiss_d2.evaluation.incremental import atomic_write_json, forgetting, plot_steps, write_summary  # noqa: E402
+from fmwiss_d2.evaluation.incremental import forgetting, plot_steps, results_path, write_summary  # noqa: E402
+from fmwiss_d2.utils.io import atomic_write_json  # noqa: E402
 
 logger = logging.getLogger("fmwiss_d2.run_incremental")
 
@@ -55,7 +56,7 @@ def load_cfg(args):
 
 
 def step_results_path(step_dir: str, dataset: str) -> str:
-    return os.path.join(step_dir, "inference", f"incremental_results_{dataset}.json")
+    return results_path(os.path.join(step_dir, "inference"), dataset)
 
 
 def run_step(args, opts, step_dir: str, dataset: str):
@@ -105,7 +106,7 @@ def main(argv=None):
         "task": task.name, "setting": setting, "steps": rows,
         "forgetting": {meth: forgetting(steps) for meth, steps in per_class.items()},
     }
-    atomic_write_json(os.path.join(root, "summary.json"), summary)
+    atomic_write_json(os.path.join(root, "summary.json"), summary, indent=1, default=lambda x: None)
     write_summary(rows, os.path.join(root, "summary.csv"))
     plot_steps(rows, os.path.join(root, "summary.png"), title=f"{task.name} ({setting})")
     final = [r for r in rows if r["step"] == last]

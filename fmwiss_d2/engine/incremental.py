@@ -83,6 +83,11 @@ def configure_step(cfg, eval_only: bool = False):
     return cfg
 
 
+def trained_step(cfg) -> int:
+    """The step this run trains: INCREMENTAL.STEP, or 0 for the one-step joint upper bound."""
+    return 0 if cfg.INCREMENTAL.METHOD == JOINT else cfg.INCREMENTAL.STEP
+
+
 def step_identity(cfg) -> dict:
     """What a checkpoint of this run is stamped with."""
     task = resolve_task(cfg.INCREMENTAL.TASK)
@@ -187,14 +192,14 @@ class IncrementalTrainer(Trainer):
 
     @classmethod
     def allowed_steps(cls, cfg):
-        step = 0 if cfg.INCREMENTAL.METHOD == JOINT else cfg.INCREMENTAL.STEP
+        step = trained_step(cfg)
         return {step, step - 1} if step > 0 else {0}
 
     @classmethod
     def build_train_model(cls, cfg):
         model = cls.build_model(cfg)
         task = resolve_task(cfg.INCREMENTAL.TASK)
-        step = 0 if cfg.INCREMENTAL.METHOD == JOINT else cfg.INCREMENTAL.STEP
+        step = trained_step(cfg)
         method = build_method(cfg, task, step)
         old = cls.build_old_model(cfg) if (step > 0 and method.needs_old_model) else None
         return IncrementalSegmentor(model, method, old)
@@ -223,7 +228,7 @@ class IncrementalTrainer(Trainer):
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
-        step = 0 if self.cfg.INCREMENTAL.METHOD == JOINT else self.cfg.INCREMENTAL.STEP
+        step = trained_step(self.cfg)
         if step > 0 and self.checkpointer.loaded_step == step - 1:  # a fresh start of this step
             wrapper = self._trainer.model.module if hasattr(self._trainer.model, "module") else self._trainer.model
             wrapper.method.init_new_classes(wrapper.model)
@@ -233,5 +238,5 @@ class IncrementalTrainer(Trainer):
     @classmethod
     def load_for_eval(cls, cfg, model, path: str):
         """Loads ``path`` into ``model`` for --eval-only, checking it is this step's checkpoint."""
-        step = 0 if cfg.INCREMENTAL.METHOD == JOINT else cfg.INCREMENTAL.STEP
+        step = trained_step(cfg)
         IncrementalCheckpointer(model, identity=step_identity(cfg), allowed_steps={step}).load(path)

@@ -10,10 +10,8 @@ grouped means.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -21,6 +19,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
 
+from ..utils.io import atomic_open, atomic_write_json
 from . import EVALUATOR_REGISTRY
 
 GROUPS = ("old", "new", "all")
@@ -85,7 +84,7 @@ class IncrementalSemSegEvaluator(SemSegEvaluator):
         if self._output_dir:
             record = {"dataset": self._dataset_name, "task": self._meta.get("task"), "step": self._meta.get("step"),
                       "classes": list(self._meta.stuff_classes), "metrics": dict(res)}
-            atomic_write_json(os.path.join(self._output_dir, f"incremental_results_{self._dataset_name}.json"), record)
+            atomic_write_json(results_path(self._output_dir, self._dataset_name), record, indent=1, default=lambda x: None)
         return OrderedDict({"sem_seg": res})
 
 
@@ -96,12 +95,9 @@ def incremental_sem_seg(cfg, dataset_name, output_folder):
 
 
 # ---------------------------------------------------------------------------------- across steps
-def atomic_write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=lambda x: None, allow_nan=True)
-    os.replace(tmp, path)
+def results_path(output_dir: str, dataset_name: str) -> str:
+    """Where the evaluator of ``dataset_name`` writes its record (read back by tools/run_incremental.py)."""
+    return os.path.join(output_dir, f"incremental_results_{dataset_name}.json")
 
 
 def forgetting(per_step_iou: list[dict[str, float]]) -> dict[str, float]:
@@ -124,14 +120,11 @@ def _isnan(x) -> bool:
 def write_summary(rows: list[dict], csv_path: str) -> None:
     """rows: dicts with method, step, mIoU_old, mIoU_new, mIoU_all, IoU_background (one per method and step)."""
     keys = ["method", "step", "mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"]
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(csv_path)), suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(r[k], 2) if isinstance(r.get(k), float) else r.get(k)) for k in keys})
-    os.replace(tmp, csv_path)
 
 
 def plot_steps(rows: list[dict], png_path: str, title: str = "") -> None:

@@ -22,10 +22,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+
+from ...utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -233,19 +234,6 @@ def builtin_task_table() -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------ per-image classes (cached)
-def _atomic_write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def image_class_table(dataset_name: str, records: list[dict], cache_dir: str | None = None) -> list[list[int]]:
     """Sorted mask values (255 excluded) of every record, read once from the masks and cached on disk.
 
@@ -266,7 +254,7 @@ def image_class_table(dataset_name: str, records: list[dict], cache_dir: str | N
     for fn in tqdm(files, desc=f"classes of {dataset_name}", leave=False, disable=None):
         values = np.unique(np.asarray(Image.open(fn)))
         table.append([int(v) for v in values if v != IGNORE_LABEL])
-    _atomic_write_json(path, table)
+    atomic_write_json(path, table)
     return table
 
 
@@ -355,11 +343,8 @@ def export_split(task: IncrementalTask, setting: str, step: int, split: str, pat
     from detectron2.data import DatasetCatalog
 
     records = DatasetCatalog.get(task.dataset_name(setting, step, split))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path) as f:
         f.writelines(r["file_name"] + "\n" for r in records)
-    os.replace(tmp, path)
     return len(records)
 
 
