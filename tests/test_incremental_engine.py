@@ -204,3 +204,35 @@ def test_user_task_on_a_detectron2_load_sem_seg_dataset_trains_and_evaluates(tmp
     assert {"mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"} <= set(res)
     saved = tmp_path / "out" / "step0" / "inference" / "incremental_results_my_2-1_overlap_step0_val.json"
     assert json.loads(saved.read_text())["classes"] == ["background", "cat", "dog"]
+
+
+def test_mib_pseudo_labels_reach_the_mask_classification_criterion(tiny_world):
+    """With INCREMENTAL.MIB.PSEUDO_LABEL the criterion sees old-class targets that the step-1 labels lack,
+    and each of them covers only pixels the step-1 labels call background."""
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from detectron2.data import DatasetCatalog
+
+    old, new = _pair(M2F)
+    cfg1 = _step_cfg(M2F, 1)
+    cfg1.defrost()
+    cfg1.DATASETS.TRAIN = ("tiny_shapes_sem_seg_train",)
+    cfg1.INCREMENTAL.MIB.PSEUDO_LABEL = True
+    mapper = build_dataset_mapper(cfg1, is_train=True)
+    batch = [mapper(r) for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")[:2]]
+    for x in batch:  # step-1 labels: only background and new classes, as the task's label_lut makes them
+        keep = (x["instances"].gt_classes == 0) | (x["instances"].gt_classes >= 7)
+        x["instances"] = x["instances"][keep]
+    seen = []
+    real_losses = new.losses
+    new.losses = lambda outputs, targets: seen.append(targets) or real_losses(outputs, targets)
+    wrapper = IncrementalSegmentor(new, build_method(cfg1, get_task("shapes_6-4"), 1), old).train()
+    losses = wrapper(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    (targets,) = seen
+    for x, t in zip(batch, targets):
+        bg = x["instances"].gt_masks[x["instances"].gt_classes == 0].any(0)
+        for c, m in zip(t["labels"].tolist(), t["masks"] > 0.5):
+            if 1 <= c <= 6:
+                h, w = bg.shape
+                assert not (m[:h, :w] & ~bg).any()  # pseudo labels only on background pixels
+    assert any(1 <= c <= 6 for t in targets for c in t["labels"].tolist())

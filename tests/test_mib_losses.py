@@ -131,3 +131,61 @@ def test_old_query_mask_distillation_hand_worked():
     q1 = bce(2.0, sig(0.5)) + bce(-2.0, sig(0.5))
     expected = (w[0].item() * q0 + w[1].item() * q1) / 4  # mean over 2 queries x 2 pixels
     assert old_query_mask_distillation(new, old, old_ids=[1]).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _pseudo_label_case():
+    """1 image, 5 pixels in a row; classes [bg 0, old 1, old 2, new 3] (+ no-object in the old model's logits).
+    New labels: pixels 0-2 background, pixel 3 new class 3, pixel 4 ignored (in no mask).
+    Old model, 3 queries: q0 says old 1 (mask on pixels 0, 2, 3, 4), q1 says background (on pixel 1),
+    q2 says old 2 (on pixel 2). Pixel 2 is contested: old 2 wins, with a normalised score of about 0.5."""
+    on, off = 10.0, -10.0
+    old = {"pred_logits": torch.tensor([[[0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 6.0, 0.0]]]),
+           "pred_masks": torch.tensor([[[[on, off, on, on, on]], [[off, on, off, off, off]],
+                                        [[off, off, on, off, off]]]])}
+    targets = [{"labels": torch.tensor([0, 3]),
+                "masks": torch.tensor([[[1.0, 1, 1, 0, 0]], [[0.0, 0, 0, 1, 0]]])}]
+    return targets, old
+
+
+def _as_label_map(t):
+    """Per-pixel label of a target list entry (255 = in no mask); asserts the masks do not overlap."""
+    masks = t["masks"] > 0.5
+    assert int(masks.sum(0).max()) <= 1
+    out = torch.full(masks.shape[1:], 255, dtype=torch.long)
+    for c, m in zip(t["labels"].tolist(), masks):
+        out[m] = c
+    return out
+
+
+def test_pseudo_labels_put_old_classes_back_on_background_pixels_only():
+    from fmwiss_d2.methods.mib import pseudo_label_old_classes
+
+    targets, old = _pseudo_label_case()
+    got = pseudo_label_old_classes(targets, old, old_ids=[1, 2])
+    # pixel 0 -> old 1; pixel 1 stays background; pixel 2 -> old 2; the new and the ignored pixel unchanged
+    assert _as_label_map(got[0]).tolist() == [[1, 0, 2, 3, 255]]
+    assert _as_label_map(targets[0]).tolist() == [[0, 0, 0, 3, 255]]  # the input is not modified
+    # the contested pixel's normalised score is ~0.5: a 0.6 threshold leaves it background
+    strict = pseudo_label_old_classes(targets, old, old_ids=[1, 2], threshold=0.6)
+    assert _as_label_map(strict[0]).tolist() == [[1, 0, 0, 3, 255]]
+    # no old classes (step 0): targets returned as they are
+    assert pseudo_label_old_classes(targets, old, old_ids=[]) is targets
+
+
+def test_pseudo_labels_drop_the_background_target_when_old_classes_cover_it():
+    from fmwiss_d2.methods.mib import pseudo_label_old_classes
+
+    targets, old = _pseudo_label_case()
+    targets[0]["masks"][0] = torch.tensor([[1.0, 0, 0, 0, 0]])  # background only on pixel 0 (old model: old 1)
+    got = pseudo_label_old_classes(targets, old, old_ids=[1, 2])[0]
+    assert sorted(got["labels"].tolist()) == [1, 3]  # no empty background mask is left behind
+
+
+def test_unbiased_ce_keeps_pseudo_labelled_old_targets_when_asked():
+    torch.manual_seed(4)
+    logits, targets = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 1])
+    lp = logits.log_softmax(-1)
+    bg = {0: torch.logsumexp(lp[:, [0, 1]], -1), 3: torch.logsumexp(lp[:, [3, 1]], -1)}
+    nll = [-(bg[t][i] if t in bg else lp[i, t]) for i, t in enumerate(targets.tolist())]
+    got = unbiased_cross_entropy(logits, targets, old_ids=[1], background=(0, 3), old_targets_to_background=False)
+    assert got.item() == pytest.approx(torch.stack(nll).mean().item(), rel=1e-6)

@@ -35,6 +35,7 @@ def unbiased_cross_entropy(
     ignore_index: int = 255,
     dim: int = 1,
     weight: torch.Tensor | None = None,
+    old_targets_to_background: bool = True,
 ) -> torch.Tensor:
     """Mean over non-ignored elements of -log p~(y) (weighted by ``weight[y]`` when given, as
     ``F.cross_entropy`` weights classes), where for a background-like target b
@@ -42,7 +43,9 @@ def unbiased_cross_entropy(
         p~(b) = sum_{k in {b} U old_ids} softmax(logits)_k      (the background may hide any old class)
 
     and p~(y) = softmax(logits)_y for every other target. Targets that are old classes are treated as
-    ``background[0]`` (MiB never sees them in training: the masks already turned them to background).
+    ``background[0]`` (MiB never sees them in training: the masks already turned them to background),
+    unless ``old_targets_to_background`` is False: then an old-class target (a pseudo label from the old
+    model) is an ordinary target with its own probability.
     With no old classes this is the ordinary cross-entropy. Returns 0 (with a gradient) when every element
     is ignored, instead of the NaN of an empty mean.
     """
@@ -58,8 +61,9 @@ def unbiased_cross_entropy(
         for b, m in zip(background, merged):
             parts[b] = m.squeeze(dim)
         log_p = torch.stack(parts, dim)
-        targets = torch.where(torch.isin(targets, torch.as_tensor(old, device=targets.device)),
-                              torch.full_like(targets, background[0]), targets)
+        if old_targets_to_background:
+            targets = torch.where(torch.isin(targets, torch.as_tensor(old, device=targets.device)),
+                                  torch.full_like(targets, background[0]), targets)
     valid = targets != ignore_index
     if not valid.any():
         return logits.sum() * 0.0
