@@ -5,7 +5,8 @@ every class added after step 0 ("new"), and of all seen classes including the ba
 evaluator below subclasses detectron2's ``SemSegEvaluator``, so the confusion matrix, the IoU definition
 (classes without ground truth pixels are left out of the mean) and distributed gathering are detectron2's;
 it only reads the ground truth through the step's ``label_lut`` (unseen classes -> 255) and adds the
-grouped means.
+grouped means. A task without a background class (``background: None``) has its base classes from id 0 and
+no ``IoU_background``.
 """
 from __future__ import annotations
 
@@ -26,31 +27,38 @@ GROUPS = ("old", "new", "all")
 
 
 def class_groups(meta) -> dict[str, list[int]]:
-    """Model ids per reporting group for a task step's metadata (see module docstring)."""
+    """Model ids per reporting group for a task step's metadata (see module docstring); "background" is
+    present only when the task has a background class (always id 0)."""
     from fmwiss_d2.data.datasets.tasks import get_task
 
     n_seen = len(meta.stuff_classes)
     if meta.get("task") is None:  # an ordinary dataset: everything is "all"
-        return {"old": list(range(1, n_seen)), "new": [], "all": list(range(n_seen))}
+        return {"old": list(range(1, n_seen)), "new": [], "all": list(range(n_seen)), "background": [0]}
     task = get_task(meta.task)
     n_base = len(task.steps[0].classes)
-    return {"old": list(range(1, n_base)), "new": list(range(n_base, n_seen)), "all": list(range(n_seen))}
+    groups = {"old": list(range(task.first_class_id, n_base)), "new": list(range(n_base, n_seen)),
+              "all": list(range(n_seen))}
+    if task.background is not None:
+        groups["background"] = [0]
+    return groups
 
 
 def grouped_miou(iou: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
-    """Mean IoU (in %) per group, over the group's classes whose IoU is defined (not NaN)."""
+    """Mean IoU (in %) per group, over the group's classes whose IoU is defined (not NaN); the "background"
+    group is reported as ``IoU_background``."""
     out = {}
     for g, ids in groups.items():
         vals = iou[ids] if ids else np.array([])
         vals = vals[~np.isnan(vals)]
-        out[f"mIoU_{g}"] = float(100 * vals.mean()) if vals.size else float("nan")
-    out["IoU_background"] = float(100 * iou[0]) if not np.isnan(iou[0]) else float("nan")
+        out["IoU_background" if g == "background" else f"mIoU_{g}"] = \
+            float(100 * vals.mean()) if vals.size else float("nan")
     return out
 
 
 class IncrementalSemSegEvaluator(SemSegEvaluator):
     """``SemSegEvaluator`` for a task's step dataset (``{task}_{setting}_step{k}_val``), or any dataset whose
-    metadata carries ``label_lut``; adds ``mIoU_old``, ``mIoU_new``, ``mIoU_all`` and ``IoU_background``."""
+    metadata carries ``label_lut``; adds ``mIoU_old``, ``mIoU_new``, ``mIoU_all`` and (tasks with a background)
+    ``IoU_background``."""
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: str | None = None):
         meta = MetadataCatalog.get(dataset_name)

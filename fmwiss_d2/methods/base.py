@@ -16,7 +16,13 @@ JOINT = "Joint"  # INCREMENTAL.METHOD of the offline upper bound: every class at
 def build_method(cfg, task, step: int) -> "IncrementalMethod":
     if cfg.INCREMENTAL.METHOD == JOINT:
         return Finetune(cfg, None, 0)
-    return METHOD_REGISTRY.get(cfg.INCREMENTAL.METHOD)(cfg, task, step)
+    cls = METHOD_REGISTRY.get(cfg.INCREMENTAL.METHOD)
+    if cls.needs_background and task is not None and task.background is None:
+        raise ValueError(
+            f"INCREMENTAL.METHOD '{cfg.INCREMENTAL.METHOD}' needs a background class (its losses and initialisation "
+            f"shift old classes to it), but task '{task.name}' has none (background: null). Use Finetune, or define "
+            "the task with a background class.")
+    return cls(cfg, task, step)
 
 
 def is_mask_classification(model) -> bool:
@@ -31,6 +37,7 @@ class IncrementalMethod:
     """
 
     needs_old_model = False
+    needs_background = False  # True: the method cannot run on a task without a background class
 
     def __init__(self, cfg, task, step: int):
         self.task = task

@@ -1,9 +1,11 @@
 """Incremental tasks: defined once, as data, and registered as detectron2 datasets per (setting, step, split).
 
 A task is a base semantic-segmentation dataset plus ordered class groups, one per step; the model's class
-ids follow the order of the groups (step 0 starts with the background). Every registered step dataset
-carries, in its metadata, the lookup table that turns the base dataset's mask values into the step's
-labels, so mappers and evaluators apply one ``lut[mask]`` and never remap pixels in Python loops.
+ids follow the order of the groups (step 0 starts with the background, unless the task has none). A COCO-format
+panoptic dataset is a base too: its masks are converted to semantic ones once (``panoptic_to_semantic.py``).
+Every registered step dataset carries, in its metadata, the lookup table that turns the base dataset's mask
+values into the step's labels, so mappers and evaluators apply one ``lut[mask]`` and never remap pixels in
+Python loops.
 
 The protocol follows MiB (Cermelli et al., CVPR 2020; read from the MiB repository's ``tasks.py``,
 ``dataset/utils.py::filter_images`` and ``dataset/voc.py``):
@@ -15,6 +17,11 @@ The protocol follows MiB (Cermelli et al., CVPR 2020; read from the MiB reposito
   background, 255 stays 255 — the "background shift" MiB models;
 * evaluation after step t: images showing at least one class seen so far (steps 0..t, background
   excluded) are kept; pixels of unseen classes become 255 (ignored).
+
+A task *without* a background class (``background: None``; e.g. on a panoptic dataset, where every pixel is a
+thing, a stuff class or unlabeled) has nothing to shift labels to: in training, old and future classes become
+255 (ignored) instead, model class 0 is the first class of step 0, and no background IoU is reported. Methods
+built on the background shift (MiB) refuse such a task.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ class TaskDefinitionError(ValueError):
 
 @dataclass(frozen=True)
 class TaskStep:
-    classes: tuple[str, ...]  # class names added at this step (step 0 begins with the background)
+    classes: tuple[str, ...]  # class names added at this step (step 0 begins with the background, if any)
     train: str  # registered base dataset used for training at this step
     val: tuple[tuple[str, str], ...]  # (suffix, base dataset) pairs evaluated after this step
 
@@ -51,7 +58,7 @@ class IncrementalTask:
     steps: tuple[TaskStep, ...]
     settings: tuple[str, ...] = SETTINGS
     aliases: tuple[tuple[str, str], ...] = ()  # dataset class name -> task class name (e.g. VOC -> COCO)
-    background: str = "background"
+    background: str | None = "background"  # None: a task without a background class (module docstring)
 
     # ---------------------------------------------------------------------------- class bookkeeping
     @property
@@ -67,14 +74,19 @@ class IncrementalTask:
         self._check_step(step)
         return [c for s in self.steps[: step + 1] for c in s.classes]
 
+    @property
+    def first_class_id(self) -> int:
+        """Model id of the first non-background class: 1, or 0 for a task without a background."""
+        return 0 if self.background is None else 1
+
     def new_class_ids(self, step: int) -> list[int]:
         """Model ids of the classes learned at ``step`` (background excluded)."""
         start = len(self.seen_classes(step)) - len(self.steps[step].classes)
-        return [i for i in range(start, len(self.seen_classes(step))) if i != 0]
+        return list(range(max(start, self.first_class_id), len(self.seen_classes(step))))
 
     def old_class_ids(self, step: int) -> list[int]:
         """Model ids of the classes learned before ``step`` (background excluded)."""
-        return list(range(1, len(self.seen_classes(step)) - len(self.steps[step].classes)))
+        return list(range(self.first_class_id, len(self.seen_classes(step)) - len(self.steps[step].classes)))
 
     def _check_step(self, step: int) -> None:
         if not 0 <= step < self.num_steps:
@@ -96,8 +108,8 @@ class IncrementalTask:
             name = self.canonical(name)
             if name in keep:
                 lut[raw] = order[name]
-            elif split == "train":
-                lut[raw] = 0  # old and future classes are background while training (MiB)
+            elif split == "train" and self.background is not None:
+                lut[raw] = order[self.background]  # old and future classes are background while training (MiB)
         return lut
 
     def keep_image(self, present: set[str], step: int, split: str, setting: str) -> bool:
@@ -121,11 +133,13 @@ def task_from_dict(name: str, spec: dict, dataset_classes=None) -> IncrementalTa
 
         {"train": "shapes_sem_seg_train", "val": "shapes_sem_seg_val", "settings": ["overlap", "disjoint"],
          "steps": [["background", "disc", ...], ["diamond", ...]],     # names or ids of the train dataset
-         "aliases": {"aeroplane": "airplane"}}                         # optional
+         "aliases": {"aeroplane": "airplane"},                         # optional
+         "background": None}                  # optional: no background class (default "background")
 
     A step may also be a mapping ``{"classes": [...], "train": ..., "val": ...}`` to use other datasets;
     ``val`` is a dataset name or a mapping ``{suffix: dataset}``. ``dataset_classes(dataset_name)`` returns
-    a dataset's class names (default: its ``MetadataCatalog`` ``stuff_classes``).
+    a dataset's class names (default: its ``MetadataCatalog`` ``stuff_classes``, or the classes of a panoptic
+    dataset's semantic version).
     """
     dataset_classes = dataset_classes or _catalog_classes
     where = f"task '{name}'"
@@ -141,6 +155,9 @@ def task_from_dict(name: str, spec: dict, dataset_classes=None) -> IncrementalTa
             raise TaskDefinitionError(f"{where}: unknown setting '{s}'; known: {', '.join(SETTINGS)}")
     aliases = dict(spec.get("aliases", {}))
     background = spec.get("background", "background")
+    if background is not None and not isinstance(background, str):
+        raise TaskDefinitionError(f"{where}: 'background' must be a class name or null (no background class), "
+                                  f"not {background!r}")
     base_classes = [aliases.get(c, c) for c in dataset_classes(spec["train"])]
     if not spec["steps"]:
         raise TaskDefinitionError(f"{where}: 'steps' is empty")
@@ -175,14 +192,20 @@ def task_from_dict(name: str, spec: dict, dataset_classes=None) -> IncrementalTa
     missing = [c for c in base_classes if c not in seen]
     if missing:
         raise TaskDefinitionError(f"{where}: classes in no step: {missing} (every class of '{spec['train']}' must be assigned)")
-    if steps[0].classes[0] != background:
-        raise TaskDefinitionError(f"{where}: step 0 must begin with the background class '{background}'")
+    if background is not None and steps[0].classes[0] != background:
+        raise TaskDefinitionError(f"{where}: step 0 must begin with the background class '{background}' "
+                                  "(or set background: null for a task without a background class)")
     return IncrementalTask(name, tuple(steps), settings, tuple(sorted(aliases.items())), background)
 
 
 def _catalog_classes(dataset_name: str) -> list[str]:
+    """Class names by mask value: ``stuff_classes``, or those of a panoptic dataset's semantic version."""
     from detectron2.data import MetadataCatalog
 
+    from .panoptic_to_semantic import is_panoptic, semantic_classes
+
+    if is_panoptic(dataset_name):
+        return semantic_classes(dataset_name)
     classes = MetadataCatalog.get(dataset_name).get("stuff_classes")
     if not classes:
         raise TaskDefinitionError(
@@ -190,6 +213,17 @@ def _catalog_classes(dataset_name: str) -> list[str]:
             "(its MetadataCatalog entry has no stuff_classes)"
         )
     return list(classes)
+
+
+def _catalog_colors(dataset_name: str) -> list:
+    """Colours matching :func:`_catalog_classes` (possibly fewer, or none)."""
+    from detectron2.data import MetadataCatalog
+
+    from .panoptic_to_semantic import is_panoptic, semantic_colors
+
+    if is_panoptic(dataset_name):
+        return semantic_colors(dataset_name)
+    return list(MetadataCatalog.get(dataset_name).get("stuff_colors", []))
 
 
 def _range(a: int, b: int) -> list[int]:
@@ -271,7 +305,15 @@ def get_task(name: str) -> IncrementalTask:
 def _load_step(task: IncrementalTask, setting: str, step: int, split: str, base: str) -> list[dict]:
     from detectron2.data import DatasetCatalog
 
+    from .panoptic_to_semantic import is_panoptic, semantic_records
+
     records = DatasetCatalog.get(base)
+    if is_panoptic(base):
+        records = semantic_records(base, records)
+    elif records and "sem_seg_file_name" not in records[0]:
+        raise TaskDefinitionError(
+            f"dataset '{base}' of task '{task.name}' has no sem_seg_file_name in its records; a task's base must be a "
+            "semantic-segmentation dataset (e.g. register_sem_seg) or a COCO panoptic one (register_coco_panoptic)")
     classes = [task.canonical(c) for c in _catalog_classes(base)]
     table = image_class_table(base, records)
     kept = []
@@ -298,10 +340,8 @@ def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_c
                     DatasetCatalog.remove(ds_name)
                     MetadataCatalog.remove(ds_name)
                 DatasetCatalog.register(ds_name, lambda t=task, s=setting, k=k, sp=split, b=base: _load_step(t, s, k, sp, b))
-                base_meta = MetadataCatalog.get(base)
                 lut_split = "train" if split == "train" else "val"
-                colors = dict(zip((task.canonical(c) for c in base_meta.get("stuff_classes", [])),
-                                  base_meta.get("stuff_colors", [])))
+                colors = dict(zip((task.canonical(c) for c in _catalog_classes(base)), _catalog_colors(base)))
                 seen = task.seen_classes(k)
                 MetadataCatalog.get(ds_name).set(
                     stuff_classes=seen,
