@@ -372,3 +372,23 @@ def test_a_base_without_semantic_or_panoptic_masks_is_refused_clearly(handpan):
     with pytest.raises(PanopticBaseError, match="'handpan_fake_panoptic' is registered as panoptic.*lack "
                                                 r"\['pan_seg_file_name', 'segments_info'\]"):
         DatasetCatalog.get("handpan_fake_task_overlap_step0_train")
+
+
+def test_shapes_panoptic_conversion_agrees_with_the_generator_semantic_masks(tiny_world, tmp_path):
+    """The world's generator writes semantic masks too (0 background, 1..10 objects, 255 border): converted
+    panoptic masks must give the same objects (ids shifted by one) and a stuff class on the background."""
+    from detectron2.data import DatasetCatalog
+
+    from fmwiss_d2.data.datasets.panoptic_to_semantic import semantic_classes, semantic_records
+    from fmwiss_d2.data.datasets.shapes import PANOPTIC_CLASSES
+
+    assert semantic_classes("tiny_shapes_panoptic_train") == PANOPTIC_CLASSES
+    converted = semantic_records("tiny_shapes_panoptic_train", DatasetCatalog.get("tiny_shapes_panoptic_train"),
+                                 cache_dir=str(tmp_path))
+    semantic = {r["file_name"]: r["sem_seg_file_name"] for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")}
+    assert len(converted) == len(semantic) == 24
+    for r in converted:
+        sem, pan = _read(semantic[r["file_name"]]).astype(int), _read(r["sem_seg_file_name"]).astype(int)
+        objects = (sem >= 1) & (sem <= 10)
+        np.testing.assert_array_equal(pan[objects], sem[objects] - 1)
+        assert np.isin(pan[sem == 0], [10, 11, 12, 13]).all()  # sky, wall, grass, sand

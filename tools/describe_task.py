@@ -44,7 +44,8 @@ def describe(name: str) -> str:
     if set(task.settings) == {"overlap", "disjoint"}:
         headers.append("dropped by disjoint")
     headers.append("val imgs")
-    return f"task {name}: {task.num_steps} steps, {len(task.class_order)} classes, settings {', '.join(task.settings)}\n" + tabulate(rows, headers)
+    classes = f"{len(task.class_order)} classes" + ("" if task.background is not None else " (no background class)")
+    return f"task {name}: {task.num_steps} steps, {classes}, settings {', '.join(task.settings)}\n" + tabulate(rows, headers)
 
 
 def main(argv=None):
