@@ -2,7 +2,6 @@
 import copy
 from typing import Dict, List
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -13,11 +12,12 @@ from detectron2.structures import Instances
 
 from . import DATASET_MAPPER_REGISTRY
 from .augmentations import build_augmentations
+from .base import ImageMapperBase
 
 __all__ = ["InstanceDatasetMapper"]
 
 
-class InstanceDatasetMapper:
+class InstanceDatasetMapper(ImageMapperBase):
     """Reads ``file_name`` and ``annotations`` (polygons or RLE); augments both. Output: ``image`` and
     ``instances`` with ``gt_classes`` and ``gt_masks`` (M, H, W) bool (crowd and empty instances dropped)."""
 
@@ -29,10 +29,7 @@ class InstanceDatasetMapper:
             is_train: read annotations. augmentations: applied to the image and the masks.
             image_format: detectron2 image format. size_divisibility: pad to a multiple of this (<= 0: none).
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.size_divisibility = size_divisibility
+        super().__init__(is_train, augmentations, image_format, size_divisibility)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -45,17 +42,10 @@ class InstanceDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        h, w = image.shape[:2]
-        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        image, _, transforms, (h, w) = self.read_augment_pad(dataset_dict)
         pad = None
         if self.size_divisibility > 0:
             pad = (0, -w % self.size_divisibility, 0, -h % self.size_divisibility)
-            image = F.pad(image, pad, value=0)
         dataset_dict["image"] = image
         annos = dataset_dict.pop("annotations", None)
         if not self.is_train or annos is None:

@@ -4,7 +4,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
@@ -13,6 +12,7 @@ from detectron2.structures import Instances
 
 from . import DATASET_MAPPER_REGISTRY
 from .augmentations import build_augmentations
+from .base import ImageMapperBase
 
 __all__ = ["PanopticDatasetMapper"]
 
@@ -23,7 +23,7 @@ def _rgb2id(color: np.ndarray) -> np.ndarray:
     return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 
 
-class PanopticDatasetMapper:
+class PanopticDatasetMapper(ImageMapperBase):
     """Reads ``file_name`` and ``pan_seg_file_name``; augments both. Output: ``image``, ``instances``
     (``gt_classes`` = contiguous ``category_id``, ``gt_masks`` (M, H, W) bool; crowd segments dropped) and
     ``sem_seg`` (class per pixel, ``ignore_label`` where no segment or crowd)."""
@@ -37,11 +37,7 @@ class PanopticDatasetMapper:
             image_format: detectron2 image format. ignore_label: ``sem_seg`` value of unlabelled pixels.
             size_divisibility: pad to a multiple of this (<= 0: no padding).
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
+        super().__init__(is_train, augmentations, image_format, size_divisibility, ignore_label)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -55,25 +51,13 @@ class PanopticDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
         pan = None
         if self.is_train and "pan_seg_file_name" in dataset_dict:
             pan = _rgb2id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")).astype("double")
-        aug_input = T.AugInput(image, sem_seg=pan)
-        self.augmentations(aug_input)
-        image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        pad = None
-        if self.size_divisibility > 0:
-            h, w = image.shape[-2:]
-            pad = (0, -w % self.size_divisibility, 0, -h % self.size_divisibility)
-            image = F.pad(image, pad, value=0)
+        image, pan, _, _ = self.read_augment_pad(dataset_dict, pan, label_fill=0)  # segment id 0: no segment
         dataset_dict["image"] = image
         if pan is None:
             return dataset_dict
-        pan = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
-        if pad is not None:
-            pan = F.pad(pan, pad, value=0)
         sem_seg = torch.full(pan.shape, self.ignore_label, dtype=torch.int64)
         classes, masks = [], []
         for seg in dataset_dict.pop("segments_info"):

@@ -4,7 +4,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
@@ -14,6 +13,7 @@ from detectron2.structures import BitMasks, Instances
 
 from . import DATASET_MAPPER_REGISTRY
 from .augmentations import build_augmentations
+from .base import ImageMapperBase
 
 __all__ = ["SemanticDatasetMapper", "semantic_to_instances"]
 
@@ -30,7 +30,7 @@ def semantic_to_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances
     return inst
 
 
-class SemanticDatasetMapper:
+class SemanticDatasetMapper(ImageMapperBase):
     """Reads ``file_name`` and ``sem_seg_file_name``; applies the augmentations to both; pads to
     ``size_divisibility`` (image with 0, labels with ``ignore_label``). Output: ``image`` (3, H, W) uint8-valued
     float tensor, ``sem_seg`` (H, W) int64, ``height``/``width`` of the record and, when ``with_instances``,
@@ -59,11 +59,7 @@ class SemanticDatasetMapper:
             with_instances: also return per-class masks as ``instances``.
             label_lut: optional lookup table applied to the labels (255 maps to itself unless given).
         """
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
+        super().__init__(is_train, augmentations, image_format, size_divisibility, ignore_label)
         self.with_instances = with_instances
         self.label_lut = None
         if label_lut is not None:
@@ -87,8 +83,6 @@ class SemanticDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict and self.is_train:
             sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("int64")
@@ -96,18 +90,8 @@ class SemanticDatasetMapper:
                 sem_seg = sem_seg[..., 0]
             if self.label_lut is not None:
                 sem_seg = self.label_lut[sem_seg]
-            sem_seg = sem_seg.astype("double")  # resizing needs a float array (nearest keeps integers exact)
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        self.augmentations(aug_input)
-        image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        if sem_seg is not None:
-            sem_seg = torch.as_tensor(aug_input.sem_seg.astype("int64"))
-        if self.size_divisibility > 0:
-            h, w = image.shape[-2:]
-            pad = (0, -w % self.size_divisibility, 0, -h % self.size_divisibility)
-            image = F.pad(image, pad, value=0)
-            if sem_seg is not None:
-                sem_seg = F.pad(sem_seg, pad, value=self.ignore_label)
+            sem_seg = sem_seg.astype("double")
+        image, sem_seg, _, _ = self.read_augment_pad(dataset_dict, sem_seg, label_fill=self.ignore_label)
         dataset_dict["image"] = image
         if sem_seg is not None:
             dataset_dict["sem_seg"] = sem_seg.long()
