@@ -8,6 +8,18 @@ from torch.nn import functional as F
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .augmentations import build_augmentations
+
+
+def common_mapper_args(cfg, is_train: bool, *, category_crop: bool = True) -> Dict:
+    """The ``from_config`` arguments every mapper takes (``category_crop``: see :func:`build_augmentations`)."""
+    return {
+        "is_train": is_train,
+        "augmentations": build_augmentations(cfg, is_train, category_crop=category_crop),
+        "image_format": cfg.INPUT.FORMAT,
+        "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+    }
+
 
 class ImageMapperBase:
     """Holds the settings shared by the semantic, panoptic and instance mappers; subclasses add their labels."""

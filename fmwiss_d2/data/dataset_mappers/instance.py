@@ -11,8 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from . import DATASET_MAPPER_REGISTRY
-from .augmentations import build_augmentations
-from .base import ImageMapperBase
+from .base import ImageMapperBase, common_mapper_args
 
 __all__ = ["InstanceDatasetMapper"]
 
@@ -33,12 +32,7 @@ class InstanceDatasetMapper(ImageMapperBase):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_augmentations(cfg, is_train, category_crop=False),
-            "image_format": cfg.INPUT.FORMAT,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
+        return common_mapper_args(cfg, is_train, category_crop=False)
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)

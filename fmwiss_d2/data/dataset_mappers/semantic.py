@@ -12,8 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from . import DATASET_MAPPER_REGISTRY
-from .augmentations import build_augmentations
-from .base import ImageMapperBase
+from .base import ImageMapperBase, common_mapper_args
 
 __all__ = ["SemanticDatasetMapper", "semantic_to_instances"]
 
@@ -70,11 +69,8 @@ class SemanticDatasetMapper(ImageMapperBase):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, *, with_instances: bool = True):
         return {
-            "is_train": is_train,
-            "augmentations": build_augmentations(cfg, is_train),
-            "image_format": cfg.INPUT.FORMAT,
+            **common_mapper_args(cfg, is_train),
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "with_instances": with_instances,
             # an incremental step's label remapping, defined once by the task (fmwiss_d2/data/datasets/tasks.py)
             "label_lut": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("label_lut") if is_train and cfg.DATASETS.TRAIN
