@@ -295,6 +295,148 @@ def test_mixed_dtypes_fall_back_to_reference(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the Mask2Former pixel decoder: whole-module compile, autocast
+
+
+def tiny_mask2former():
+    from detectron2.modeling import build_model
+
+    import fmwiss_d2.modeling  # noqa: F401  (registers the meta-architectures)
+    from _model_cfg import tiny_cfg
+
+    torch.manual_seed(0)
+    return build_model(tiny_cfg("shapes/mask2former_semantic.yaml"))
+
+
+def decoder_outputs(outputs):
+    mask_features, multi_scale = outputs
+    return [mask_features] + list(multi_scale)
+
+
+def test_pixel_decoder_compiles_whole_without_graph_breaks():
+    """The whole MSDeformAttnPixelDecoder is one graph (the level shapes are python ints, no ``.tolist()``),
+    with the op of every encoder layer inside it; compiled outputs and gradients match eager."""
+    model = tiny_mask2former()
+    decoder = model.pixel_decoder
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 64, 64, generator=g))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(decoder)(features)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    ops = [n.target for gr in explanation.graphs for n in gr.graph.nodes if n.op == "call_function"]
+    assert sum("ms_deform_attn" in str(t) for t in ops) == len(decoder.encoder.layers)
+
+    def run(module):
+        decoder.zero_grad()
+        outs = decoder_outputs(module(features))
+        sum(o.square().mean() for o in outs).backward()
+        return [o.detach() for o in outs], [p.grad.clone() for p in decoder.parameters()]
+
+    eager_outs, eager_grads = run(decoder)
+    torch._dynamo.reset()
+    outs, grads = run(torch.compile(decoder, backend="aot_eager", fullgraph=True))
+    for o, e in zip(outs, eager_outs):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+    for gr, e in zip(grads, eager_grads):
+        torch.testing.assert_close(gr, e, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_relu_equals_torch_relu():
+    """The decoder's ReLU (backward from its output, see its docstring) gives F.relu's values and gradients
+    bitwise, including at exact zeros and at negative zero."""
+    from fmwiss_d2.modeling.pixel_decoder.msdeform_pixel_decoder import relu
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    x[:10] = 0.0
+    x[10:20] = -0.0
+    grad = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, theirs = relu(a), torch.nn.functional.relu(b)
+    ours.backward(grad)
+    theirs.backward(grad)
+    assert torch.equal(ours, theirs) and torch.equal(a.grad, b.grad)
+    assert a.grad[:20].eq(0).all()
+
+
+def test_bf16_pixel_decoder_samples_at_float32_locations(monkeypatch):
+    """A decoder converted to bfloat16 (no autocast) gives the op bfloat16 values but float32 sampling
+    locations and weights (float32 reference points), and stays within bfloat16 tolerance of float32."""
+    from fmwiss_d2.modeling.ops import modules
+
+    model = tiny_mask2former()
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
+        expected = decoder_outputs(model.pixel_decoder(features))
+    seen = []
+
+    def recording_op(value, spatial_shapes, level_start_index, locations, weights):
+        seen.append((value.dtype, locations.dtype, weights.dtype))
+        return ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+
+    monkeypatch.setattr(modules, "ms_deform_attn", recording_op)
+    decoder = model.pixel_decoder.to(torch.bfloat16)
+    with torch.no_grad():
+        got = decoder_outputs(decoder({k: v.bfloat16() for k, v in features.items()}))
+    assert seen == [(torch.bfloat16, torch.float32, torch.float32)] * len(decoder.encoder.layers)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), e, rtol=0, atol=2e-2 * e.abs().max().item())  # measured: <= 0.9%
+
+
+def test_mask2former_trains_under_cpu_bf16_autocast():
+    """A few training steps of the tiny Mask2Former under CPU bfloat16 autocast: the pixel decoder is no
+    float32 island (its encoder's projections and its outputs are bfloat16, the op runs on bfloat16 values),
+    the first losses are within bfloat16 tolerance of float32 ones, and every loss and gradient is finite."""
+    from test_mask2former import _inputs
+
+    batch = _inputs()
+    torch.manual_seed(1)  # the point sampling of the losses
+    reference = tiny_mask2former().train()(batch)
+
+    model = tiny_mask2former().train()
+    decoder = model.pixel_decoder
+    dtypes = {}
+
+    def record(name, dtypes_of):
+        def hook(module, inputs, output):  # returns None: the output is kept
+            dtypes.setdefault(name, dtypes_of(output))
+        return hook
+
+    hooks = [
+        decoder.encoder.layers[0].self_attn.value_proj.register_forward_hook(record("value_proj", lambda o: o.dtype)),
+        decoder.register_forward_hook(record("outputs", lambda o: {t.dtype for t in decoder_outputs(o)})),
+    ]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before = functions.dispatch_counts()
+    steps = 3
+    torch.manual_seed(1)
+    for step in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        if step == 0:
+            for name, value in reference.items():
+                torch.testing.assert_close(losses[name], value, rtol=5e-2, atol=1e-3, msg=lambda m: f"{name}: {m}")
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+    for h in hooks:
+        h.remove()
+    assert dtypes == {"value_proj": torch.bfloat16, "outputs": {torch.bfloat16}}
+    after = functions.dispatch_counts()
+
+    def calls(op, dtype):
+        return sum(n - before.get(k, 0) for k, n in after.items() if k[0] == op and k[3] == str(dtype))
+
+    layers = len(decoder.encoder.layers)
+    assert calls("forward", torch.bfloat16) == calls("backward", torch.bfloat16) == steps * layers
+    assert calls("forward", torch.float32) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # build checks: versions and GPU architectures
 
 

@@ -105,6 +105,7 @@ class MSDeformAttn(nn.Module):
             raise ValueError(
                 f"reference_points must have a last dimension of 2 or 4, got {tuple(reference_points.shape)}"
             )
+        weights = weights.to(locations.dtype)  # float32 with the float32 reference points of a 16-bit model
         if not torch.compiler.is_compiling():  # once per process: AMP on/off and the kernel used
             log_kernel_once(value.device, value.dtype, locations.dtype)
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)

@@ -1,5 +1,5 @@
 """Multi-scale deformable-attention pixel decoder (Mask2Former, Sec. 4 "pixel decoder")."""
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -13,6 +13,31 @@ from ..position_encoding import PositionEmbeddingSine
 from . import PIXEL_DECODER_REGISTRY
 
 __all__ = ["MSDeformAttnEncoderLayer", "MSDeformAttnEncoder", "MSDeformAttnPixelDecoder"]
+
+
+class _ReLU(torch.autograd.Function):
+    """ReLU whose backward reads its output, ``grad * sign(out)`` (float math, no mask): the same values and
+    gradients as ``F.relu`` (its gradient is 0 where ``out == 0``, like ``sign(0)``).
+
+    Why: under ``torch.compile`` the stock ReLU makes the partitioner save a bool mask ``out <= 0`` besides
+    ``out``, and inductor's CPU code on AVX2 machines writes and reads bool masks with a scalar, branchy loop
+    (about 10 ms for 2 x 1344 x 128 values, 20x eager's ReLU): the compiled training step of this decoder was
+    slower than eager. With this backward only ``out`` is saved (it is saved anyway for the next layer)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp_min(0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out.sign()
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return _ReLU.apply(x)
 
 
 class MSDeformAttnEncoderLayer(nn.Module):
@@ -32,7 +57,7 @@ class MSDeformAttnEncoderLayer(nn.Module):
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout(attn))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout(relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
 
@@ -48,10 +73,11 @@ class MSDeformAttnEncoder(nn.Module):
         nn.init.normal_(self.level_embed)
 
     @staticmethod
-    def reference_points(spatial_shapes: torch.Tensor, n_levels: int, batch: int, device) -> torch.Tensor:
-        """Pixel centres of every level, normalised to [0, 1]: (batch, sum H*W, n_levels, 2) as (x, y)."""
+    def reference_points(shapes: List[Tuple[int, int]], n_levels: int, batch: int, device) -> torch.Tensor:
+        """Pixel centres of every level ``(H_l, W_l)``, normalised to [0, 1]: (batch, sum H*W, n_levels, 2) as
+        (x, y), float32 (a 16-bit location cannot resolve a pixel of a large map)."""
         refs = []
-        for h, w in spatial_shapes.tolist():
+        for h, w in shapes:
             ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
             xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -60,20 +86,27 @@ class MSDeformAttnEncoder(nn.Module):
         return ref[None, :, None, :].expand(batch, -1, n_levels, -1)
 
     def forward(self, srcs: List[torch.Tensor], pos_embeds: List[torch.Tensor]):
-        """srcs/pos_embeds: per level (N, C, H, W). Returns (N, sum H*W, C), spatial_shapes, level_start_index."""
-        flat, flat_pos, shapes = [], [], []
+        """srcs/pos_embeds: per level (N, C, H, W). Returns (N, sum H*W, C) and the level shapes [(H, W)].
+
+        The shapes stay python ints (static under ``torch.compile``) for every python-side loop; only the op
+        gets them as tensors, so the module has no graph break (``.tolist()`` of a tensor would be one)."""
+        flat, flat_pos = [], []
+        shapes = [(int(src.shape[-2]), int(src.shape[-1])) for src in srcs]
         for lvl, (src, pos) in enumerate(zip(srcs, pos_embeds)):
-            shapes.append(src.shape[-2:])
             flat.append(src.flatten(2).transpose(1, 2))
             flat_pos.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
         src = torch.cat(flat, 1)
         pos = torch.cat(flat_pos, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        ref = self.reference_points(spatial_shapes, len(srcs), src.shape[0], src.device).to(src.dtype)
+        starts = [0]
+        for h, w in shapes[:-1]:
+            starts.append(starts[-1] + h * w)
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src.device)
+        level_start_index = torch.tensor(starts, dtype=torch.long, device=src.device)
+        ref = self.reference_points(shapes, len(srcs), src.shape[0], src.device)
+        ref = ref.to(torch.promote_types(src.dtype, ref.dtype))  # float32, or float64 for a float64 model
         for layer in self.layers:
             src = layer(src, pos, ref, spatial_shapes, level_start_index)
-        return src, spatial_shapes, level_start_index
+        return src, shapes
 
 
 @PIXEL_DECODER_REGISTRY.register()
@@ -149,7 +182,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for k in self.fpn_features:
             lat = Conv2d(input_shape[k].channels, conv_dim, 1, bias=use_bias, norm=get_norm(norm, conv_dim))
             out = Conv2d(conv_dim, conv_dim, 3, padding=1, bias=use_bias, norm=get_norm(norm, conv_dim),
-                         activation=F.relu)
+                         activation=relu)
             for c in (lat, out):
                 nn.init.kaiming_uniform_(c.weight, a=1)
                 if c.bias is not None:
@@ -176,18 +209,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def forward(self, features: Dict[str, torch.Tensor]):
         """Returns ``(mask_features (N, mask_dim, H/4, W/4), [multi-scale features, coarse to fine])``."""
-        device_type = next(iter(features.values())).device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # the encoder runs in float32 under AMP
-            srcs = [proj(features[k].float()) for proj, k in zip(self.input_proj, self.transformer_in_features)]
-            pos = [self.pe_layer(s) for s in srcs]
-            memory, shapes, starts = self.encoder(srcs, pos)
+        # no float32 island under autocast: the op runs its 16-bit kernel with float32 locations / weights (its
+        # autocast rule), the reference points are float32, layer norms and softmax follow autocast's policy
+        srcs = [proj(features[k]) for proj, k in zip(self.input_proj, self.transformer_in_features)]
+        pos = [self.pe_layer(s) for s in srcs]
+        memory, shapes = self.encoder(srcs, pos)
         n = memory.shape[0]
-        outs = []
-        for lvl, (h, w) in enumerate(shapes.tolist()):
-            start = int(starts[lvl])
-            outs.append(memory[:, start:start + h * w].transpose(1, 2).reshape(n, -1, h, w))
+        outs = [level.transpose(1, 2).reshape(n, -1, h, w)
+                for level, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)]
         for k, lat, out_conv in zip(self.fpn_features, self.lateral_convs, self.output_convs):
-            x = features[k].float()
+            x = features[k]
             y = lat(x) + F.interpolate(outs[-1], size=x.shape[-2:], mode="bilinear", align_corners=False)
             outs.append(out_conv(y))
         return self.mask_features(outs[-1]), outs[: self.maskformer_num_feature_levels]
