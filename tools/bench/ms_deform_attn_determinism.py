@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -36,6 +37,15 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.y
 def _sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _commit():
+    """The checkout measured (``-dirty`` with uncommitted changes), for the README's tables."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 def _median_ms(samples):
@@ -203,6 +213,7 @@ def main():
     cuda = torch.cuda.is_available()
     report = {
         "bench": "ms_deform_attn_determinism",
+        "commit": _commit(),
         "torch": torch.__version__,
         "cpu_threads": args.threads,
         "gpu": torch.cuda.get_device_name() if cuda else None,
