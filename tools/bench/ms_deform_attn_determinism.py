@@ -11,7 +11,8 @@
 2. ``compile``: the pixel decoder of a config (default: the shapes Mask2Former, ``MSDeformAttnPixelDecoder``)
    on random backbone features of a ``--size`` image, eager vs ``torch.compile`` (inductor): the largest
    difference of the outputs, graph breaks (and whether any is at the op), and the median times of the
-   forward (eval, no_grad) and of forward+backward (train), eager and compiled timed alternately.
+   forward (eval, no_grad) and of forward+backward (train), eager and compiled timed alternately, with the
+   median ratio of adjacent eager / compiled runs (``*_paired_speedup``).
 
     python tools/bench/ms_deform_attn_determinism.py [--only determinism|compile] [--repeat 10] [--threads 2]
 """
@@ -125,19 +126,22 @@ def bench_compile(config, size, batch, device, repeat, warmup):
         return [mask_features] + list(multi_scale)
 
     def timed_pair(eager_fn, compiled_fn):
-        """Median times of both, run alternately (shared machines drift)."""
+        """Median times of both, run alternately (shared machines drift; which one goes first alternates too),
+        and the median of the ratios eager / compiled of adjacent runs (each pair saw about the same load)."""
         for _ in range(warmup):
             eager_fn()
             compiled_fn()
         samples = ([], [])
-        for _ in range(repeat):
-            for fn, out in zip((eager_fn, compiled_fn), samples):
+        for i in range(repeat):
+            pairs = list(zip((eager_fn, compiled_fn), samples))
+            for fn, out in pairs if i % 2 == 0 else pairs[::-1]:
                 _sync(device)
                 t0 = time.perf_counter()
                 fn()
                 _sync(device)
                 out.append(time.perf_counter() - t0)
-        return _median_ms(samples[0]), _median_ms(samples[1])
+        paired = round(statistics.median(e / c for e, c in zip(*samples)), 3)
+        return _median_ms(samples[0]), _median_ms(samples[1]), paired
 
     def fwd(model):
         def run():
@@ -178,7 +182,8 @@ def bench_compile(config, size, batch, device, repeat, warmup):
     result["fwd_max_abs_diff"] = max(diffs)
     result["fwd_max_abs_output"] = round(scale, 3)
     result["fwd_allclose_fp32"] = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(eager_out, compiled_out))
-    result["eager_fwd_ms"], result["compiled_fwd_ms"] = timed_pair(fwd(decoder), fwd(compiled))
+    result["eager_fwd_ms"], result["compiled_fwd_ms"], result["fwd_paired_speedup"] = timed_pair(
+        fwd(decoder), fwd(compiled))
     result["fwd_speedup"] = round(result["eager_fwd_ms"] / result["compiled_fwd_ms"], 3)
 
     decoder.train()
@@ -194,7 +199,8 @@ def bench_compile(config, size, batch, device, repeat, warmup):
     result["grad_max_rel_diff"] = max(
         ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(compiled_grads, eager_grads)
     )
-    result["eager_fwd_bwd_ms"], result["compiled_fwd_bwd_ms"] = timed_pair(fwd_bwd(decoder), fwd_bwd(compiled))
+    result["eager_fwd_bwd_ms"], result["compiled_fwd_bwd_ms"], result["fwd_bwd_paired_speedup"] = timed_pair(
+        fwd_bwd(decoder), fwd_bwd(compiled))
     result["fwd_bwd_speedup"] = round(result["eager_fwd_bwd_ms"] / result["compiled_fwd_bwd_ms"], 3)
     return result
 
