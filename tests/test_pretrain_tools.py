@@ -137,3 +137,34 @@ def test_hue_rotation_keeps_gray_and_cycles_channels():
     torch.testing.assert_close(r[0], torch.eye(3))
     torch.testing.assert_close(r[1] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
     torch.testing.assert_close(r[2] @ torch.ones(3), torch.ones(3))  # gray stays gray
+
+
+def test_crop_captions_name_what_the_crop_shows():
+    """A hand-drawn 10 x 10 segment map: sky (rows 0-4) and grass (rows 5-9) behind two discs (3 x 3 blocks at
+    rows 1-3, cols 1-3 and rows 6-8, cols 6-8) and a star (rows 1-2, cols 6-9). An object is named when at
+    least half of its pixels lie in the box; a stuff region when any of its pixels does."""
+    from fmwiss_d2.modeling.foundation.data import crop_captions
+
+    seg = torch.zeros(10, 10, dtype=torch.int16)
+    seg[5:] = 1
+    seg[1:4, 1:4] = 2
+    seg[6:9, 6:9] = 3
+    seg[1:3, 6:10] = 4
+    cats = [10, 12, 0, 0, 3]  # sky, grass, disc, disc, star (THING_CLASSES + STUFF_CLASSES order)
+    boxes = torch.tensor([
+        [0.0, 0.0, 10.0, 10.0],  # everything
+        [0.0, 0.0, 5.0, 5.0],  # the first disc on sky
+        [0.0, 0.0, 2.5, 4.0],  # cols 0-2 of the first disc: 6 of its 9 pixels
+        [0.0, 0.0, 2.0, 4.0],  # cols 0-1: 3 of 9, not named
+        [6.0, 1.0, 8.0, 2.0],  # 2 of the star's 8 pixels and nothing else: no object, no stuff
+        [5.0, 5.0, 10.0, 10.0],  # the second disc on grass
+    ])
+    got = crop_captions(seg.expand(len(boxes), -1, -1), [cats] * len(boxes), boxes)
+    assert got == [
+        "a picture of two discs and a star on sky and grass.",
+        "a picture of a disc on sky.",
+        "a picture of a disc on sky.",
+        "a picture of sky.",
+        "a picture of the background.",
+        "a picture of a disc on grass.",
+    ]

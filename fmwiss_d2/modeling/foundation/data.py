@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmwiss_d2.data.datasets.shapes import WorldSpec, ensure_world, load_shapes_sem_seg
+from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec, ensure_world,
+                                            load_shapes_sem_seg)
 
-__all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "instance_crops"]
+__all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "instance_crops",
+           "load_world_segments", "crop_captions"]
 
 
 def load_world_split(spec: WorldSpec, split: str, cache_dir: str | None = None, with_masks: bool = False):
@@ -35,10 +37,12 @@ def random_resized_crops(
     scale: tuple[float, float],
     generator: torch.Generator,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> torch.Tensor:
+    return_boxes: bool = False,
+):
     """One random crop per image (area share in ``scale``, aspect in ``ratio``), resized to ``out_size``.
 
-    ``images`` float ``(B, C, H, W)``; returns ``(B, C, out_size, out_size)``.
+    ``images`` float ``(B, C, H, W)``; returns ``(B, C, out_size, out_size)`` (and the ``(B, 4)`` boxes
+    ``x0, y0, x1, y1`` in pixels when ``return_boxes``).
     """
     from torchvision.ops import roi_align
 
@@ -51,8 +55,9 @@ def random_resized_crops(
     x0 = torch.rand(b, generator=generator) * (w - cw)
     y0 = torch.rand(b, generator=generator) * (h - ch)
     boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
-    return roi_align(images, boxes.to(images), output_size=out_size, spatial_scale=1.0, sampling_ratio=2,
-                     aligned=True)
+    crops = roi_align(images, boxes.to(images), output_size=out_size, spatial_scale=1.0, sampling_ratio=2,
+                      aligned=True)
+    return (crops, boxes[:, 1:]) if return_boxes else crops
 
 
 def flip_horizontal(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -129,3 +134,57 @@ def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size:
         crops.append(roi_align(img, torch.tensor(boxes, dtype=torch.float32), output_size=out_size,
                                sampling_ratio=2, aligned=True))
     return torch.cat(crops), torch.tensor(labels)
+
+
+def load_world_segments(spec: WorldSpec, split: str, cache_dir: str | None = None):
+    """Panoptic segments of a split: ``(seg (N, S, S) int16 segment index per pixel, categories)``, where
+    ``categories[i][j]`` is segment ``j``'s class in ``THING_CLASSES + STUFF_CLASSES`` order (0..9 things,
+    10..13 stuff), read from the world's panoptic PNGs and JSON."""
+    root = ensure_world(spec, cache_dir)
+    with open(os.path.join(root, "annotations", f"panoptic_{split}.json")) as f:
+        anns = json.load(f)["annotations"]
+    segs, cats = [], []
+    for ann in anns:
+        rgb = np.asarray(Image.open(os.path.join(root, "panoptic", split, ann["file_name"])).convert("RGB"))
+        ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        index = np.zeros(ids.shape, np.int16)
+        for j, info in enumerate(ann["segments_info"]):
+            index[ids == info["id"]] = j
+        segs.append(index)
+        cats.append([info["category_id"] - 1 for info in ann["segments_info"]])
+    return torch.from_numpy(np.stack(segs)), cats
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def crop_captions(seg: torch.Tensor, categories: list[list[int]], boxes: torch.Tensor,
+                  min_inside: float = 0.5) -> list[str]:
+    """A caption per crop naming what it shows, in the world's caption words: every object with at least
+    ``min_inside`` of its visible pixels inside the box (with counts), then the stuff regions in it.
+
+    ``seg`` ``(B, S, S)`` and ``categories`` from :func:`load_world_segments` (the crops' images); ``boxes``
+    ``(B, 4)`` ``x0, y0, x1, y1`` in pixels. Why: a zoomed-in crop paired with the whole image's caption
+    names objects it does not show, which blurs which words go with which shape.
+    """
+    n_things = len(THING_CLASSES)
+    out = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        cats = categories[i]
+        total = torch.bincount(seg[i].flatten().long(), minlength=len(cats))
+        xa, ya = int(x0), int(y0)
+        xb, yb = max(int(math.ceil(x1)), xa + 1), max(int(math.ceil(y1)), ya + 1)
+        inside = torch.bincount(seg[i, ya:yb, xa:xb].flatten().long(), minlength=len(cats))
+        counts: dict[int, int] = {}
+        stuff = set()
+        for j, c in enumerate(cats):
+            if c < n_things and inside[j] >= min_inside * total[j]:
+                counts[c] = counts.get(c, 0) + 1
+            elif c >= n_things and inside[j] > 0:
+                stuff.add(c - n_things)
+        things = [f"a {THING_CLASSES[c]}" if k == 1 else f"{_COUNT_WORDS.get(k, k)} {PLURALS[THING_CLASSES[c]]}"
+                  for c, k in sorted(counts.items())]
+        where = _join([STUFF_CLASSES[s] for s in sorted(stuff)]) if stuff else "the background"
+        out.append(f"a picture of {_join(things)} on {where}." if things else f"a picture of {where}.")
+    return out

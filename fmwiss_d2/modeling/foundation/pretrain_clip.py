@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CLIPPretrainConfig", "pretrain_clip", "ensure_tiny_clip", "clip_checkpoint_path",
            "resolve_auto_checkpoint", "pretrain_config_from_cfg", "clip_contrastive_loss"]
 
-PRETRAIN_VERSION = 1  # bump when the training procedure changes: a new cache entry is made
+PRETRAIN_VERSION = 2  # bump when the training procedure changes: a new cache entry is made
 DEFAULT_MODEL = "ShapesCLIP-Tiny"
 
 
@@ -41,6 +41,7 @@ class CLIPPretrainConfig:
     warmup: int = 50  # warm-up steps
     weight_decay: float = 0.1  # on matrices only (not on gains, biases, embeddings' scale)
     crop_scale: tuple = (0.08, 1.0)  # random-resized-crop area range (the usual 0.08..1: zoomed-in views)
+    crop_captions: bool = True  # caption each crop with what it shows (data.crop_captions), not the whole image
     seed: int = 0  # initialization, batch order and augmentations
 
 
@@ -92,7 +93,8 @@ def pretrain_clip(
     from tqdm import tqdm
 
     from .clip import _resolve_model_name
-    from .data import color_jitter, flip_horizontal, load_world_split, random_resized_crops
+    from .data import (color_jitter, crop_captions, flip_horizontal, load_world_segments, load_world_split,
+                       random_resized_crops)
 
     name = _resolve_model_name(model_name)
     torch.manual_seed(config.seed)
@@ -101,6 +103,7 @@ def pretrain_clip(
     tokenizer = open_clip.get_tokenizer(name)
     images, records = load_world_split(spec, "train", cache_dir)
     tokens = tokenizer([r["caption"] for r in records])
+    seg, categories = load_world_segments(spec, "train", cache_dir) if config.crop_captions else (None, None)
     mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1) * 255
     std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1) * 255
     size = model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list)) else model.visual.image_size
@@ -120,11 +123,15 @@ def pretrain_clip(
         lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup)) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = random_resized_crops(images[idx].float(), size, config.crop_scale, gen)
+        x, boxes = random_resized_crops(images[idx].float(), size, config.crop_scale, gen, return_boxes=True)
+        if config.crop_captions:
+            text = tokenizer(crop_captions(seg[idx], [categories[i] for i in idx.tolist()], boxes))
+        else:
+            text = tokens[idx]
         x = color_jitter(flip_horizontal(x, gen), gen, brightness=0.2, contrast=0.2, saturation=0.2)
         x = (x - mean) / std
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(model.encode_text(tokens[idx]), dim=-1)
+        txt = F.normalize(model.encode_text(text), dim=-1)
         loss = clip_contrastive_loss(img, txt, model.logit_scale.exp().clamp(max=100))
         opt.zero_grad(set_to_none=True)
         loss.backward()
