@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec, ensure_world,
-                                            load_shapes_sem_seg)
+from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec,
+                                            ensure_world, load_shapes_sem_seg)
 
 __all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "instance_crops",
            "load_world_segments", "crop_captions"]

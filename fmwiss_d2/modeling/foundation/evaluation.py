@@ -2,8 +2,9 @@
 
 * :func:`zero_shot_crop_accuracy` -- CLIP top-1 on single-object crops (``shapes_instance_*`` boxes: the square
   of side ``context`` x the box's longer side, shifted inside the image) against the class-name prompts of the
-  10 object classes (chance 10%). ``context = 1.0`` was chosen on the *train* split (tiny CLIP, seed 0:
-  top-1 0.746 / 0.677 / 0.614 for context 1.0 / 1.25 / 1.5); tighter squares hold fewer neighbours.
+  10 object classes (chance 10%). ``context = 1.0`` was chosen on the *train* split (the first tiny CLIP,
+  trained on whole-image captions, seed 0: top-1 0.746 / 0.677 / 0.614 for context 1.0 / 1.25 / 1.5); tighter
+  squares hold fewer neighbours.
 * :func:`dense_label_miou` -- CLIP dense maps turned into a segmentation with the image-level labels given:
   each pixel takes the argmax over the labelled classes and the background prompts (any background prompt
   winning = background); mIoU over background + 10 classes against the ground truth (255 ignored).
