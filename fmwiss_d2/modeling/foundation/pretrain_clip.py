@@ -1,6 +1,7 @@
 """Contrastive image-caption pretraining of a tiny open_clip model on the synthetic world (CLIP, Radford et al.
 2021): a batch of images and their captions, cosine similarities scaled by a learned temperature, and the
-symmetric cross-entropy that matches each image with its own caption among the batch and vice versa.
+symmetric cross-entropy that matches each image with its own caption among the batch and vice versa. Each
+random crop is paired with a caption of what it shows (:func:`.data.crop_captions`), not the whole image's.
 
 :func:`ensure_tiny_clip` returns the path of the cached checkpoint for a (world, model config, training
 config), training it first when absent; the checkpoint is an open_clip training-format file
