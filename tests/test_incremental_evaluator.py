@@ -9,25 +9,10 @@ import torch
 from PIL import Image
 
 from fmwiss_d2.data.datasets.tasks import register_incremental_task
+from _metrics import direct_iou
 from fmwiss_d2.evaluation.incremental import (
     IncrementalSemSegEvaluator, forgetting, plot_steps, write_summary,
 )
-
-
-def _direct_iou(pairs, n):
-    """IoU per class computed from scratch with boolean masks (NaN where the class has no ground truth)."""
-    tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
-    for pred, gt in pairs:
-        valid = gt != 255
-        for c in range(n):
-            p, g = (pred == c) & valid, (gt == c) & valid
-            tp[c] += (p & g).sum()
-            fp[c] += (p & ~g).sum()
-            fn[c] += (~p & g).sum()
-    iou = np.full(n, np.nan)
-    has = (tp + fn) > 0
-    iou[has] = tp[has] / (tp + fp + fn)[has]
-    return iou
 
 
 def _prediction(gt, rng):
@@ -60,7 +45,7 @@ def test_old_new_all_match_direct_computation_and_detectron2(handmade, tmp_path)
         Image.fromarray(gt.astype(np.uint8)).save(fn)
         mapped_records.append({**r, "sem_seg_file_name": fn})
     res = ev.evaluate()["sem_seg"]
-    iou = _direct_iou(pairs, 4)
+    iou = direct_iou(pairs, 4)
     assert res["mIoU_old"] == pytest.approx(100 * np.nanmean(iou[[1, 2]]))
     assert res["mIoU_new"] == pytest.approx(100 * iou[3])
     assert res["mIoU_all"] == pytest.approx(100 * np.nanmean(iou))

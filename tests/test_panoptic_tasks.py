@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _metrics import direct_iou
 from fmwiss_d2.data.datasets.tasks import register_incremental_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,22 +255,6 @@ def test_training_labels_ignore_non_current_classes(handpan):
     np.testing.assert_array_equal(got, want)
 
 
-def _direct_iou(pairs, n):
-    """IoU per class from boolean masks (NaN where the class has no ground truth)."""
-    tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
-    for pred, gt in pairs:
-        valid = gt != 255
-        for c in range(n):
-            p, g = (pred == c) & valid, (gt == c) & valid
-            tp[c] += (p & g).sum()
-            fp[c] += (p & ~g).sum()
-            fn[c] += (~p & g).sum()
-    iou = np.full(n, np.nan)
-    has = (tp + fn) > 0
-    iou[has] = tp[has] / (tp + fp + fn)[has]
-    return iou
-
-
 def test_evaluator_old_new_all_without_background(handpan, tmp_path):
     from detectron2.data import DatasetCatalog
 
@@ -291,7 +276,7 @@ def test_evaluator_old_new_all_without_background(handpan, tmp_path):
         logits = torch.nn.functional.one_hot(torch.from_numpy(pred), 4).permute(2, 0, 1).float()
         ev.process([r], [{"sem_seg": logits}])
     res = ev.evaluate()["sem_seg"]
-    iou = _direct_iou(pairs, 4)
+    iou = direct_iou(pairs, 4)
     assert not np.isnan(iou).any()
     assert res["mIoU_old"] == pytest.approx(100 * iou[[0, 1]].mean())  # grass, cat: step 0's classes
     assert res["mIoU_new"] == pytest.approx(100 * iou[[2, 3]].mean())
