@@ -343,6 +343,43 @@ def test_pixel_decoder_compiles_whole_without_graph_breaks():
         torch.testing.assert_close(gr, e, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_decoder_upsample_equals_interpolate(channels_last):
+    """The decoder's bilinear upsampling (backward = aten's kernel as an op, see its comment) gives
+    F.interpolate's values and gradients, passes float64 gradcheck, its backward op torch.library.opcheck (fake
+    kernel = real shapes), and
+    under inductor (which picks the input layout itself, here channels-last) still matches eager."""
+    from fmwiss_d2.modeling.pixel_decoder.msdeform_pixel_decoder import upsample_bilinear
+
+    def interpolate(t):
+        return torch.nn.functional.interpolate(t, size=(11, 13), mode="bilinear", align_corners=False)
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 5, 7, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 4, 11, 13, generator=g, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, theirs = upsample_bilinear(a, (11, 13)), interpolate(b)
+    ours.backward(grad)
+    theirs.backward(grad)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: upsample_bilinear(t, (11, 13)), (x.clone().requires_grad_(),))
+    torch.library.opcheck(torch.ops.fmwiss_d2.upsample_bilinear_backward.default, (grad.float(), [2, 4, 5, 7], [11, 13]))
+
+    x32 = x.float().requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: upsample_bilinear(t.transpose(2, 3).exp(), (11, 13)), fullgraph=True)
+    out = compiled(x32)
+    out.backward(grad.float())
+    ref_x = x.float().requires_grad_()
+    ref = interpolate(ref_x.transpose(2, 3).exp())
+    ref.backward(grad.float())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x32.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_decoder_relu_equals_torch_relu():
     """The decoder's ReLU (backward from its output, see its docstring) gives F.relu's values and gradients
     bitwise, including at exact zeros and at negative zero."""
