@@ -27,8 +27,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.MIB.UNBIASED_CE = True  # background absorbs old classes in the cross-entropy
     cfg.INCREMENTAL.MIB.INIT_FROM_BACKGROUND = True  # new classifiers start from the background's
     cfg.INCREMENTAL.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
-    # mask classification: old-model pseudo labels on background pixels (CoMFormer); see methods/mib.py
-    cfg.INCREMENTAL.MIB.PSEUDO_LABEL = False
+    cfg.INCREMENTAL.MIB.PSEUDO_LABEL = False  # mask classification: old-model pseudo labels on background (CoMFormer)
     cfg.INCREMENTAL.MIB.PSEUDO_LABEL_THRESHOLD = 0.0  # minimum normalised old-model score of a pseudo label
 
     _add_model_config(cfg)
