@@ -2,7 +2,6 @@
 import copy
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 from detectron2.config import configurable
@@ -10,16 +9,11 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..datasets.coco import rgb_to_panoptic_id
 from . import DATASET_MAPPER_REGISTRY
 from .base import ImageMapperBase, common_mapper_args
 
 __all__ = ["PanopticDatasetMapper"]
-
-
-def _rgb2id(color: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colour -> segment id: ``R + 256 G + 256^2 B``."""
-    color = color.astype(np.int64)
-    return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 
 
 class PanopticDatasetMapper(ImageMapperBase):
@@ -47,7 +41,7 @@ class PanopticDatasetMapper(ImageMapperBase):
         dataset_dict = copy.deepcopy(dataset_dict)
         pan = None
         if self.is_train and "pan_seg_file_name" in dataset_dict:
-            pan = _rgb2id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")).astype("double")
+            pan = rgb_to_panoptic_id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")).astype("double")
         image, pan, _, _ = self.read_augment_pad(dataset_dict, pan, label_fill=0)  # segment id 0: no segment
         dataset_dict["image"] = image
         if pan is None:

@@ -87,7 +87,7 @@ def panoptic_to_things_sem_seg(
 
     Each segment gets ``category_to_label[category_id]``; crowd segments get 255 when ``crowd_ignore``
     (by default they keep their class); segment id 0 (unlabeled) and ids absent from ``segments_info``
-    get 255. One ``np.unique`` plus a lookup table, no per-pixel Python.
+    get 255.
     """
     ids = rgb_to_panoptic_id(panoptic_rgb)
     label_of_segment = {0: IGNORE_LABEL}
@@ -99,9 +99,15 @@ def panoptic_to_things_sem_seg(
         if crowd_ignore and segment.get("iscrowd", 0):
             label = IGNORE_LABEL
         label_of_segment[int(segment["id"])] = label
-    unique_ids, inverse = np.unique(ids, return_inverse=True)
+    return label_segments(ids, label_of_segment)
+
+
+def label_segments(segment_ids: np.ndarray, label_of_segment: Mapping[int, int]) -> np.ndarray:
+    """uint8 mask giving each pixel its segment's label (255 for ids absent from ``label_of_segment``):
+    one ``np.unique`` plus a lookup table, no per-pixel Python."""
+    unique_ids, inverse = np.unique(segment_ids, return_inverse=True)
     lut = np.array([label_of_segment.get(int(i), IGNORE_LABEL) for i in unique_ids], dtype=np.uint8)
-    return lut[inverse].reshape(ids.shape)
+    return lut[inverse].reshape(segment_ids.shape)
 
 
 # ----------------------------------------------------------------------------------------------

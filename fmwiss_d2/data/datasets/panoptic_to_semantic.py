@@ -103,11 +103,9 @@ def convert_panoptic_png(pan_file: str, segment_classes: dict[int, int]) -> np.n
     """uint8 semantic mask of one panoptic PNG: each pixel gets its segment's class, 255 where no segment."""
     from PIL import Image
 
-    rgb = np.asarray(Image.open(pan_file).convert("RGB"), dtype=np.int64)
-    pan = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-    ids, inverse = np.unique(pan, return_inverse=True)
-    lut = np.array([segment_classes.get(int(i), IGNORE_LABEL) for i in ids], np.uint8)
-    return lut[inverse].reshape(pan.shape)
+    from .coco import label_segments, rgb_to_panoptic_id
+
+    return label_segments(rgb_to_panoptic_id(Image.open(pan_file).convert("RGB")), segment_classes)
 
 
 def semantic_records(dataset_name: str, records: list[dict], cache_dir: str | None = None) -> list[dict]:
