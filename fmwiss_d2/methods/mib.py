@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling.losses.mib import background_init, unbiased_cross_entropy, unbiased_distillation
+from ..modeling.postprocessing import semantic_inference
 from .base import METHOD_REGISTRY, IncrementalMethod, is_mask_classification
 
 
@@ -55,8 +56,6 @@ def pseudo_label_old_classes(targets, old_outputs, old_ids, background: int = 0,
     old_ids = [c for c in old_ids if c != background]
     if not old_ids:
         return targets
-    probs = old_outputs["pred_logits"].float().softmax(-1)[..., :-1]
-    scores = torch.einsum("nqc,nqhw->nchw", probs, old_outputs["pred_masks"].float().sigmoid())
     out = []
     for b, t in enumerate(targets):
         labels, masks = t["labels"], t["masks"]
@@ -64,7 +63,8 @@ def pseudo_label_old_classes(targets, old_outputs, old_ids, background: int = 0,
         if not bool(is_bg.any()):
             out.append(t)
             continue
-        s = F.interpolate(scores[b: b + 1], size=masks.shape[-2:], mode="bilinear", align_corners=False)[0]
+        scores = semantic_inference(old_outputs["pred_logits"][b].float(), old_outputs["pred_masks"][b].float())
+        s = F.interpolate(scores[None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[0]
         s = s / s.sum(0, keepdim=True).clamp_min(1e-6)
         conf, pred = s.max(0)
         bg = masks[is_bg].sum(0) > 0.5
