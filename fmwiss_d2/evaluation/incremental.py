@@ -161,8 +161,6 @@ def plot_steps(rows: list[dict], png_path: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, png_path)

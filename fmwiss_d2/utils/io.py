@@ -1,19 +1,26 @@
-"""Atomic file writes: readers never see a half-written file, an interrupted writer leaves none behind."""
+"""Atomic file writes: readers never see a half-written file or folder, an interrupted writer leaves none behind."""
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK  # what a plain open() creates; mkstemp alone would leave 0600
 
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", **kwargs):
-    """Opens a temporary file next to ``path``; on success renames it to ``path``, on error removes it."""
+    """Opens a temporary file next to ``path``; on success gives it the usual umask-based permissions and
+    renames it to ``path``, on error removes it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -24,3 +31,22 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
 def atomic_write_json(path: str, obj, **dump_kwargs) -> None:
     with atomic_open(path) as f:
         json.dump(obj, f, **dump_kwargs)
+
+
+@contextlib.contextmanager
+def atomic_directory(root: str, is_complete=os.path.isdir):
+    """Yields a temporary sibling folder of ``root`` to fill; on success renames it to ``root``. If another
+    process renamed its own copy first, that copy is kept when ``is_complete(root)`` says it is whole. The
+    temporary folder is removed in every case."""
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished first: keep its copy
+            if not is_complete(root):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

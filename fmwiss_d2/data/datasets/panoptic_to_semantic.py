@@ -22,10 +22,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
+
+from ...utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -135,19 +135,9 @@ def semantic_records(dataset_name: str, records: list[dict], cache_dir: str | No
     names = [f"{i:06d}_{os.path.splitext(os.path.basename(r['pan_seg_file_name']))[0]}.png"
              for i, r in enumerate(records)]
     if not os.path.isdir(root):
-        parent = os.path.dirname(root)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=parent)
-        try:
+        with atomic_directory(root) as tmp:
             for r, m, name in tqdm(list(zip(records, maps, names)), desc=f"panoptic -> semantic {dataset_name}",
                                    leave=False, disable=None):
                 Image.fromarray(convert_panoptic_png(r["pan_seg_file_name"], m)).save(os.path.join(tmp, name))
-            try:
-                os.rename(tmp, root)
-            except OSError:  # another process finished first: keep its copy
-                if not os.path.isdir(root):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         logger.info("Converted %d panoptic masks of %s to semantic masks in %s", len(records), dataset_name, root)
     return [{**r, "sem_seg_file_name": os.path.join(root, name)} for r, name in zip(records, names)]

@@ -25,13 +25,13 @@ import colorsys
 import json
 import logging
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
+
+from ...utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -363,22 +363,12 @@ def ensure_world(spec: WorldSpec, cache_dir: str | None = None, workers: int | N
     root = world_root(spec, cache_dir)
     if os.path.isfile(os.path.join(root, "world.json")):
         return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=spec.folder_name + ".tmp-", dir=parent)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    logger.info("Generating the synthetic world %s (one-time, cached in %s)", spec.folder_name, parent)
-    try:
+    logger.info("Generating the synthetic world %s (one-time, cached in %s)", spec.folder_name, os.path.dirname(root))
+    with atomic_directory(root, is_complete=lambda r: os.path.isfile(os.path.join(r, "world.json"))) as tmp:
         for split in ("train", "val"):
             _generate_split(spec, split, tmp, workers)
         _write_json(os.path.join(tmp, "world.json"), {"version": GENERATOR_VERSION, **asdict(spec)})
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process finished first: keep its copy
-            if not os.path.isfile(os.path.join(root, "world.json")):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

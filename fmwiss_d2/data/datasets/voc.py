@@ -15,13 +15,13 @@ Registration never reads the disk; loading an absent dataset raises ``FileNotFou
 import functools
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from ...utils.io import atomic_open
 from .class_names import VOC_CLASSES, voc_palette
 
 __all__ = [
@@ -82,9 +82,6 @@ def read_id_list(list_file: str) -> List[str]:
 
 
 _EXIF_ORIENTATION = 0x0112
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
 
 
 def _image_hw(path: str) -> Tuple[int, int]:
@@ -156,18 +153,8 @@ def write_mask_png(path: str, mask: np.ndarray, palette: Optional[Iterable[Tuple
     image = Image.fromarray(mask)  # 2-D uint8 -> mode "L"
     if palette is not None:
         image.putpalette([c for rgb in palette for c in rgb])  # L -> P, pixel values unchanged
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; give the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from typing import Iterator, Mapping
 
 import torch
+
+from ...utils.io import atomic_open
 
 __all__ = [
     "CheckpointMismatchError", "read_checkpoint", "check_state_dict", "atomic_save", "cache_key", "file_lock",
@@ -90,19 +91,9 @@ def check_state_dict(
 
 
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the destination folder, then rename it into place (readable 0644)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through :func:`fmwiss_d2.utils.io.atomic_open` (temporary sibling file, renamed into place)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def cache_key(*parts) -> str:
