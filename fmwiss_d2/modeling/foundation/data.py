@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmwiss_d2.data.datasets.coco import rgb_to_panoptic_id
 from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec,
                                             ensure_world, load_shapes_sem_seg)
 
@@ -145,8 +146,7 @@ def load_world_segments(spec: WorldSpec, split: str, cache_dir: str | None = Non
         anns = json.load(f)["annotations"]
     segs, cats = [], []
     for ann in anns:
-        rgb = np.asarray(Image.open(os.path.join(root, "panoptic", split, ann["file_name"])).convert("RGB"))
-        ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        ids = rgb_to_panoptic_id(Image.open(os.path.join(root, "panoptic", split, ann["file_name"])).convert("RGB"))
         index = np.zeros(ids.shape, np.int16)
         for j, info in enumerate(ann["segments_info"]):
             index[ids == info["id"]] = j
