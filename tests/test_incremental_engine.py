@@ -74,17 +74,22 @@ def test_mib_init_preserves_the_old_query_classes_in_mask_classification():
     assert torch.allclose(n["pred_masks"], o["pred_masks"])
 
 
-@pytest.mark.parametrize("config", [DEEPLAB, M2F])
-def test_mib_training_step_uses_the_frozen_old_model(config, tiny_world):
+def _step1_batch(config, *opts):
+    """(step-1 config with ``opts``, two mapped images of the tiny world) for one MiB training step."""
     from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
     from detectron2.data import DatasetCatalog
 
-    old, new = _pair(config)
     cfg1 = _step_cfg(config, 1)
     cfg1.defrost()
-    cfg1.DATASETS.TRAIN = ("tiny_shapes_sem_seg_train",)
+    cfg1.merge_from_list(["DATASETS.TRAIN", ("tiny_shapes_sem_seg_train",), *opts])
     mapper = build_dataset_mapper(cfg1, is_train=True)
-    batch = [mapper(r) for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")[:2]]
+    return cfg1, [mapper(r) for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")[:2]]
+
+
+@pytest.mark.parametrize("config", [DEEPLAB, M2F])
+def test_mib_training_step_uses_the_frozen_old_model(config, tiny_world):
+    old, new = _pair(config)
+    cfg1, batch = _step1_batch(config)
     wrapper = IncrementalSegmentor(new, build_method(cfg1, get_task("shapes_6-4"), 1), old).train()
     assert not old.training and all(not p.requires_grad for p in old.parameters())
     assert all(not k.startswith("_old") for k in wrapper.state_dict())  # old model never saved
@@ -209,16 +214,8 @@ def test_user_task_on_a_detectron2_load_sem_seg_dataset_trains_and_evaluates(tmp
 def test_mib_pseudo_labels_reach_the_mask_classification_criterion(tiny_world):
     """With INCREMENTAL.MIB.PSEUDO_LABEL the criterion sees old-class targets that the step-1 labels lack,
     and each of them covers only pixels the step-1 labels call background."""
-    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
-    from detectron2.data import DatasetCatalog
-
     old, new = _pair(M2F)
-    cfg1 = _step_cfg(M2F, 1)
-    cfg1.defrost()
-    cfg1.DATASETS.TRAIN = ("tiny_shapes_sem_seg_train",)
-    cfg1.INCREMENTAL.MIB.PSEUDO_LABEL = True
-    mapper = build_dataset_mapper(cfg1, is_train=True)
-    batch = [mapper(r) for r in DatasetCatalog.get("tiny_shapes_sem_seg_train")[:2]]
+    cfg1, batch = _step1_batch(M2F, "INCREMENTAL.MIB.PSEUDO_LABEL", True)
     for x in batch:  # step-1 labels: only background and new classes, as the task's label_lut makes them
         keep = (x["instances"].gt_classes == 0) | (x["instances"].gt_classes >= 7)
         x["instances"] = x["instances"][keep]
