@@ -8,14 +8,16 @@ from detectron2.structures import ImageList
 
 
 class SegmentorBase(nn.Module):
-    """Holds ``pixel_mean``/``pixel_std`` buffers and ``size_divisibility``; turns detectron2's batched inputs
-    into a normalised, padded :class:`ImageList` (:meth:`preprocess_images`); ``forward`` chains the stages a
-    subclass defines (``forward_outputs``, ``prepare_targets``, ``losses``, ``inference``), which methods reuse
-    one by one."""
+    """Holds the backbone, ``pixel_mean``/``pixel_std`` buffers and ``size_divisibility`` (the given one, or the
+    backbone's when it is <= 0); turns detectron2's batched inputs into a normalised, padded
+    :class:`ImageList` (:meth:`preprocess_images`); ``forward`` chains the stages a subclass defines
+    (``forward_outputs``, ``prepare_targets``, ``losses``, ``inference``), which methods reuse one by one."""
 
-    def __init__(self, *, pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int):
+    def __init__(self, *, backbone: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 size_divisibility: int):
         super().__init__()
-        self.size_divisibility = size_divisibility
+        self.backbone = backbone
+        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 

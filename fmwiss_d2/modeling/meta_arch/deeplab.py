@@ -55,9 +55,8 @@ class DeepLabV3(SegmentorBase):
             pixel_mean / pixel_std: input normalisation.
             size_divisibility: images are padded to a multiple of this (0 = backbone's own).
         """
-        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std,
-                         size_divisibility=size_divisibility if size_divisibility > 0 else backbone.size_divisibility)
-        self.backbone = backbone
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=size_divisibility)
         self.in_feature = in_feature
         in_channels = backbone.output_shape()[in_feature].channels
         self.aspp = ASPP(in_channels, aspp_channels, list(aspp_dilations), norm=norm, activation=F.relu,

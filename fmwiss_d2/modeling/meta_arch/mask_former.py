@@ -64,9 +64,8 @@ class MaskFormer(SegmentorBase):
             test_topk_per_image: instances kept per image.
             sem_seg_postprocess_before_inference: resize masks to the output size before combining them.
         """
-        super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std,
-                         size_divisibility=size_divisibility if size_divisibility > 0 else backbone.size_divisibility)
-        self.backbone = backbone
+        super().__init__(backbone=backbone, pixel_mean=pixel_mean, pixel_std=pixel_std,
+                         size_divisibility=size_divisibility)
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.criterion = criterion
