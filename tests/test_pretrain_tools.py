@@ -111,6 +111,43 @@ def test_config_defaults_match_pretraining_defaults():
     for node, default in ((cfg.MODEL.CLIP.PRETRAIN, CLIPPretrainConfig()), (cfg.MODEL.DINO.PRETRAIN, DINOPretrainConfig())):
         d = asdict(default)
         assert (node.STEPS, node.BATCH_SIZE, node.LR, node.SEED) == (d["steps"], d["batch_size"], d["lr"], d["seed"])
+    assert cfg.MODEL.DINO.PRETRAIN.CORPUS == DINOPretrainConfig().corpus
+
+
+def test_dino_learns_from_the_object_centric_variant_of_the_world(tiny_world, dino_ckpt):
+    """The checkpoint records its corpus: the world's generator with the object-centric layout, generated in the
+    cache beside the world; ``corpus="world"`` is the world itself; an unknown corpus is refused by name."""
+    from dataclasses import replace
+
+    from fmwiss_d2.data.datasets.shapes import world_root
+    from fmwiss_d2.modeling.foundation.pretrain_dino import pretraining_corpus
+
+    spec, cache, _ = tiny_world
+    meta = torch.load(dino_ckpt, map_location="cpu", weights_only=True)["fmwiss_meta"]
+    corpus = pretraining_corpus(spec, DINO_CFG)
+    assert meta["corpus"] == asdict(corpus) and meta["world"] == asdict(spec)
+    assert (corpus.layout, corpus.min_objects, corpus.max_objects) == ("object_centric",) + DINO_CFG.corpus_objects
+    assert (corpus.seed, corpus.image_size, corpus.num_train) == (spec.seed, spec.image_size, spec.num_train)
+    assert os.path.isfile(os.path.join(world_root(corpus, cache), "world.json"))
+    assert pretraining_corpus(spec, replace(DINO_CFG, corpus="world")) == spec
+    with pytest.raises(ValueError, match="unknown DINO pretraining corpus 'imagenet'"):
+        pretraining_corpus(spec, replace(DINO_CFG, corpus="imagenet"))
+
+
+def test_gaussian_blur_matches_scipy():
+    """Against scipy's separable Gaussian filter ('mirror' = torch's 'reflect' padding, same 2 * 3 + 1 taps);
+    ``p`` picks which images are blurred."""
+    from scipy.ndimage import gaussian_filter
+
+    from fmwiss_d2.modeling.foundation.data import gaussian_blur
+
+    x = torch.rand(3, 3, 12, 10, dtype=torch.float64) * 255
+    gen = torch.Generator().manual_seed(0)
+    out = gaussian_blur(x, gen, p=1.0, sigma=(1.3, 1.3), radius=3)
+    for img, got in zip(x, out):
+        ref = gaussian_filter(img.numpy(), sigma=(0, 1.3, 1.3), mode="mirror", truncate=3 / 1.3)
+        torch.testing.assert_close(got, torch.from_numpy(ref), rtol=1e-6, atol=1e-4)  # float32 kernel weights
+    assert torch.equal(gaussian_blur(x, gen, p=0.0), x)
 
 
 def test_dino_loss_hand_worked():

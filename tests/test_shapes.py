@@ -194,3 +194,33 @@ def test_register_from_cfg_switches_the_world(tiny_world):
     cfg.SHAPES.NUM_VAL = 3
     register_shapes_from_cfg(cfg, prefix="cfg_shapes")
     assert MetadataCatalog.get("cfg_shapes_sem_seg_train").world_root != root
+
+
+def test_object_centric_layout_places_large_objects_near_the_centre():
+    """ImageNet-like images for DINO pretraining: the requested object count, each object large and central."""
+    size = 64
+    spec = WorldSpec(seed=5, image_size=size, num_train=12, num_val=0, layout="object_centric",
+                     min_objects=1, max_objects=1)
+    scene = WorldSpec(seed=5, image_size=size, num_train=12, num_val=0)
+    fg = {}
+    for s in (spec, scene):
+        fractions = []
+        for i in range(s.num_train):
+            _, ids, objects, _ = shapes.render_image(s, "train", i)
+            fractions.append(float((ids > 0).mean()))
+            if s is spec:
+                assert len(objects) == 1
+                ys, xs = np.nonzero(ids == 1)
+                # centre offset <= 0.15 of the side; the centroid of a crescent or heart sits off the centre
+                assert abs(xs.mean() - size / 2) < 0.35 * size and abs(ys.mean() - size / 2) < 0.35 * size
+        fg[s.layout] = np.mean(fractions)
+    # radius >= 0.35 of the side: even a thin cross (area 2.04 r^2) covers >= 0.25 of the image unless cut
+    assert fg["object_centric"] > 0.25 > fg["scene"]
+    assert spec.folder_name.endswith("-object_centric") and "object_centric" not in scene.folder_name
+
+
+def test_world_spec_rejects_bad_layout_and_object_counts():
+    with pytest.raises(ValueError, match="unknown world layout 'photo'.*scene, object_centric"):
+        WorldSpec(layout="photo")
+    with pytest.raises(ValueError, match="min_objects <= max_objects"):
+        WorldSpec(min_objects=3, max_objects=2)

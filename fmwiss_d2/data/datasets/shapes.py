@@ -52,6 +52,15 @@ THING_COLORS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.9)) f
 STUFF_COLORS = [(135, 190, 235), (150, 110, 100), (70, 150, 60), (215, 195, 140)]
 SEM_SEG_COLORS = [(0, 0, 0)] + THING_COLORS
 
+# Object placement of a world. "scene": objects of radius 0.1-0.22 of the side anywhere (the default world, a
+# VOC-like scene). "object_centric": ImageNet-like photos -- large objects (radius 0.35-0.5) placed near the
+# centre (offset at most 0.15 of the side) -- the kind of data DINO is pretrained on, whose photographer bias
+# is what makes its CLS attention find objects (see pretrain_dino.py).
+LAYOUTS = {
+    "scene": {"radius": (0.1, 0.22), "centre_offset": None},
+    "object_centric": {"radius": (0.35, 0.5), "centre_offset": 0.15},
+}
+
 MIN_VISIBLE_INTERIOR = 24  # pixels an object must keep outside the ignore border, else it is re-placed
 _COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
@@ -66,12 +75,20 @@ class WorldSpec:
     num_val: int = 500
     min_objects: int = 2
     max_objects: int = 5
+    layout: str = "scene"  # a key of LAYOUTS: where objects go and how large they are
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown world layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects} and {self.max_objects}")
 
     @property
     def folder_name(self) -> str:
+        layout = "" if self.layout == "scene" else f"-{self.layout}"  # the default keeps its historical name
         return (
             f"shapes-v{GENERATOR_VERSION}-seed{self.seed}-size{self.image_size}"
-            f"-train{self.num_train}-val{self.num_val}-obj{self.min_objects}to{self.max_objects}"
+            f"-train{self.num_train}-val{self.num_val}-obj{self.min_objects}to{self.max_objects}{layout}"
         )
 
     def num_images(self, split: str) -> int:
@@ -202,11 +219,15 @@ def render_image(spec: WorldSpec, split: str, index: int):
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     ids = np.zeros((size, size), np.int64)
     objects: list[int] = []
+    layout = LAYOUTS[spec.layout]
     for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
         cls = int(rng.integers(0, len(THING_CLASSES)))
         for _attempt in range(8):
-            r = size * rng.uniform(0.1, 0.22)
-            cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
+            r = size * rng.uniform(*layout["radius"])
+            if layout["centre_offset"] is None:
+                cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
+            else:
+                cx, cy = size / 2 + size * rng.uniform(-layout["centre_offset"], layout["centre_offset"], 2)
             angle = rng.uniform(0, 2 * np.pi)
             ca, sa = np.cos(angle), np.sin(angle)
             lx = (xx - cx) * ca + (yy - cy) * sa

@@ -11,14 +11,15 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fmwiss_d2.data.datasets.coco import rgb_to_panoptic_id
 from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec,
                                             ensure_world, load_shapes_sem_seg)
 
-__all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "instance_crops",
-           "load_world_segments", "crop_captions"]
+__all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "gaussian_blur",
+           "instance_crops", "load_world_segments", "crop_captions"]
 
 
 def load_world_split(spec: WorldSpec, split: str, cache_dir: str | None = None, with_masks: bool = False):
@@ -100,6 +101,22 @@ def color_jitter(images: torch.Tensor, generator: torch.Generator, brightness=0.
         apply = (torch.rand(b, generator=generator) < p).to(images.device).view(-1, 1, 1, 1)
         x = torch.where(apply, x, images)
     return x
+
+
+def gaussian_blur(images: torch.Tensor, generator: torch.Generator, p: float = 0.5,
+                  sigma: tuple[float, float] = (0.1, 1.5), radius: int = 3) -> torch.Tensor:
+    """Blurs a share ``p`` of the images with a separable Gaussian of per-image ``sigma`` (uniform in the range),
+    kernel ``2 * radius + 1`` taps, reflect padding. ``images`` ``(B, C, H, W)`` float."""
+    b, c, h, w = images.shape
+    sig = torch.empty(b).uniform_(sigma[0], sigma[1], generator=generator)
+    apply = torch.rand(b, generator=generator) < p
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-taps[None] ** 2 / (2 * sig[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0).to(images)  # (B * C, taps)
+    x = images.reshape(1, b * c, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+    return torch.where(apply.to(images.device).view(-1, 1, 1, 1), x.reshape_as(images), images)
 
 
 def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size: int, context: float = 1.0,
