@@ -3,6 +3,7 @@
 
     python tools/bench/foundation_quality.py                 # default world (seed 0): pretrains if absent
     python tools/bench/foundation_quality.py --max-images 100 # quicker, on the first 100 val images
+    python tools/bench/foundation_quality.py --models dino --dino-seed 1   # the tiny DINO of training seed 1 only
 
 * ``clip_zero_shot_top1``: single-object crops (``shapes_instance_val`` boxes, square side = the box's longer
   side, shifted inside the image) classified among the 10 class-name prompts (target >= 0.80, chance 0.10).
@@ -27,7 +28,34 @@ from fmwiss_d2.modeling.foundation import build_clip, build_dino, ensure_tiny_cl
 from fmwiss_d2.modeling.foundation.evaluation import (  # noqa: E402
     dense_label_miou, dino_foreground_iou, zero_shot_crop_accuracy)
 from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL  # noqa: E402
-from fmwiss_d2.modeling.foundation.pretrain_dino import DEFAULT_ARCH  # noqa: E402
+from fmwiss_d2.modeling.foundation.pretrain_dino import DEFAULT_ARCH, DINOPretrainConfig  # noqa: E402
+
+
+def save_attention_figure(dino, spec, split, cache_dir, path, n=6):
+    """Rows: image | head-averaged CLS attention | its 60%-mass mask | ground-truth foreground (gray = ignored)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from fmwiss_d2.modeling.foundation.data import load_world_split
+    from fmwiss_d2.modeling.foundation.evaluation import mass_threshold
+    from fmwiss_d2.utils.io import atomic_open
+
+    images, _, masks = load_world_split(spec, split, cache_dir, with_masks=True)
+    x = images[:n].float()
+    with torch.no_grad():
+        attn = dino(x)["attentions"].mean(1, keepdim=True)
+    attn = F.interpolate(attn, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    keep = mass_threshold(attn, 0.6)
+    gray = lambda a: np.repeat(np.asarray(a, np.uint8)[..., None], 3, axis=2)
+    rows = []
+    for i in range(n):
+        a = (attn[i] / attn[i].max()).numpy() * 255
+        gt = masks[i].numpy()
+        rows.append(np.concatenate([images[i].permute(1, 2, 0).numpy(), gray(a), gray(keep[i].numpy() * 255),
+                                    gray(np.where(gt == 255, 128, (gt != 0) * 255))], axis=1))
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(f, format="PNG")
 
 
 def main(argv=None) -> dict:
@@ -39,34 +67,46 @@ def main(argv=None) -> dict:
     p.add_argument("--dense-input-size", type=int, default=None, help="resize images before the CLIP (None = native)")
     p.add_argument("--dino-input-size", type=int, default=None, help="resize images before the ViT (None = native)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--models", default="clip,dino", help="comma-separated subset of clip,dino to measure")
+    p.add_argument("--dino-seed", type=int, default=0, help="training seed of the tiny DINO")
+    p.add_argument("--dino-figure", default="", help="also save a PNG of the first 6 val images' DINO attention")
     args = p.parse_args(argv)
+    models = set(args.models.split(","))
+    if not models or not models <= {"clip", "dino"}:
+        p.error(f"--models takes clip and/or dino, got {args.models!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = WorldSpec(seed=args.world_seed)
     res = {"world": spec.folder_name, "split": args.split}
-    t0 = time.time()
-    clip_path = ensure_tiny_clip(spec, args.cache_dir)
-    dino_path = ensure_tiny_dino(spec, args.cache_dir)
-    res["pretrain_wall_s_this_run"] = round(time.time() - t0, 1)
-    for key, path in (("clip", clip_path), ("dino", dino_path)):
+    for key in sorted(models):
+        t0 = time.time()
+        path = (ensure_tiny_clip(spec, args.cache_dir) if key == "clip"
+                else ensure_tiny_dino(spec, args.cache_dir, config=DINOPretrainConfig(seed=args.dino_seed)))
         meta = torch.load(path, map_location="cpu", weights_only=True).get("fmwiss_meta", {})
+        res[f"{key}_pretrain_wall_s_this_run"] = round(time.time() - t0, 1)
         res[f"{key}_pretrain_s"] = meta.get("seconds")
         res[f"{key}_checkpoint"] = path
-    t1 = time.time()
-    clip = build_clip(DEFAULT_MODEL, clip_path)
-    zs = zero_shot_crop_accuracy(clip, spec, args.split, args.cache_dir)
-    dense = dense_label_miou(clip, spec, args.split, args.cache_dir, input_size=args.dense_input_size,
-                             max_images=args.max_images)
-    dino = build_dino(DEFAULT_ARCH, dino_path)
-    fg = dino_foreground_iou(dino, spec, args.split, args.cache_dir, input_size=args.dino_input_size,
-                             max_images=args.max_images)
-    res.update({
-        "clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
-        "clip_dense_miou": round(dense["miou"], 4), "clip_dense_iou_background": round(dense["iou_background"], 4),
-        "clip_dense_miou_things": round(dense["miou_things"], 4), "dense_images": dense["num_images"],
-        "dino_foreground_iou": round(fg["iou"], 4), "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4),
-        "eval_wall_s": round(time.time() - t1, 1), "threads": torch.get_num_threads(),
-    })
+        t1 = time.time()
+        if key == "clip":
+            clip = build_clip(DEFAULT_MODEL, path)
+            zs = zero_shot_crop_accuracy(clip, spec, args.split, args.cache_dir)
+            dense = dense_label_miou(clip, spec, args.split, args.cache_dir, input_size=args.dense_input_size,
+                                     max_images=args.max_images)
+            res.update({
+                "clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
+                "clip_dense_miou": round(dense["miou"], 4), "clip_dense_iou_background": round(dense["iou_background"], 4),
+                "clip_dense_miou_things": round(dense["miou_things"], 4), "dense_images": dense["num_images"],
+            })
+        else:
+            dino = build_dino(DEFAULT_ARCH, path)
+            fg = dino_foreground_iou(dino, spec, args.split, args.cache_dir, input_size=args.dino_input_size,
+                                     max_images=args.max_images)
+            if args.dino_figure:
+                save_attention_figure(dino, spec, args.split, args.cache_dir, args.dino_figure)
+            res.update({"dino_seed": args.dino_seed, "dino_foreground_iou": round(fg["iou"], 4),
+                        "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4), "dino_images": fg["num_images"]})
+        res[f"{key}_eval_wall_s"] = round(time.time() - t1, 1)
+    res["threads"] = torch.get_num_threads()
     print(json.dumps(res))
     return res
 
