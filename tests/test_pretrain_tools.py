@@ -205,3 +205,19 @@ def test_crop_captions_name_what_the_crop_shows():
         "a picture of the background.",
         "a picture of a disc on grass.",
     ]
+
+
+def test_mass_threshold_and_attention_foreground_hand_worked():
+    """Attention 0.5 / 0.3 / 0.1 / 0.1 (row-major 2 x 2): the 60% rule keeps 0.5 and the crossing 0.3; a fake
+    ViT whose two heads average to that map gives the same mask at the input's size (4 x 4, 2 x 2 patches)."""
+    from fmwiss_d2.modeling.foundation.evaluation import attention_foreground, mass_threshold
+
+    attn = torch.tensor([[[0.5, 0.3], [0.1, 0.1]]])
+    assert mass_threshold(attn, 0.6).tolist() == [[[True, True], [False, False]]]
+    assert mass_threshold(attn, 0.5).tolist() == [[[True, False], [False, False]]]  # 0.5 alone reaches 0.5
+
+    heads = torch.stack([attn[0] * 2 - 0.1, torch.full((2, 2), 0.1)])  # mean = attn
+    fake = lambda x: {"attentions": heads.expand(x.shape[0], -1, -1, -1)}
+    up, mask = attention_foreground(fake, torch.zeros(1, 3, 2, 2))
+    torch.testing.assert_close(up, attn)
+    assert mask.tolist() == [[[True, True], [False, False]]]

@@ -34,19 +34,14 @@ from fmwiss_d2.modeling.foundation.pretrain_dino import DEFAULT_ARCH, DINOPretra
 def save_attention_figure(dino, spec, split, cache_dir, path, n=6):
     """Rows: image | head-averaged CLS attention | its 60%-mass mask | ground-truth foreground (gray = ignored)."""
     import numpy as np
-    import torch.nn.functional as F
     from PIL import Image
 
     from fmwiss_d2.modeling.foundation.data import load_world_split
-    from fmwiss_d2.modeling.foundation.evaluation import mass_threshold
+    from fmwiss_d2.modeling.foundation.evaluation import attention_foreground
     from fmwiss_d2.utils.io import atomic_open
 
     images, _, masks = load_world_split(spec, split, cache_dir, with_masks=True)
-    x = images[:n].float()
-    with torch.no_grad():
-        attn = dino(x)["attentions"].mean(1, keepdim=True)
-    attn = F.interpolate(attn, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
-    keep = mass_threshold(attn, 0.6)
+    attn, keep = attention_foreground(dino, images[:n])
     gray = lambda a: np.repeat(np.asarray(a, np.uint8)[..., None], 3, axis=2)
     rows = []
     for i in range(n):

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from fmwiss_d2.data.datasets.shapes import STUFF_CLASSES, THING_CLASSES, WorldSpec
 
-__all__ = ["zero_shot_crop_accuracy", "dense_label_miou", "dino_foreground_iou", "mass_threshold"]
+__all__ = ["zero_shot_crop_accuracy", "dense_label_miou", "dino_foreground_iou", "attention_foreground",
+           "mass_threshold"]
 
 
 @torch.no_grad()
@@ -93,6 +94,20 @@ def mass_threshold(attn: torch.Tensor, mass: float) -> torch.Tensor:
 
 
 @torch.no_grad()
+def attention_foreground(dino, images: torch.Tensor, mass: float = 0.6, input_size: int | None = None):
+    """``(attention, mask)`` at the images' size: head-averaged last-layer CLS attention (bilinear upsampling,
+    negatives clamped) and its pixels holding ``mass`` of it. ``input_size``: side the images are resized to
+    before the ViT (``None`` = native)."""
+    x = images.float()
+    size = tuple(x.shape[-2:])
+    if input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    attn = dino(x)["attentions"].mean(1, keepdim=True)
+    attn = F.interpolate(attn, size=size, mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
+    return attn, mass_threshold(attn, mass)
+
+
+@torch.no_grad()
 def dino_foreground_iou(dino, spec: WorldSpec, split: str = "val", cache_dir: str | None = None, *,
                         mass: float = 0.6, input_size: int | None = None, batch_size: int = 64,
                         max_images: int | None = None) -> dict:
@@ -108,13 +123,7 @@ def dino_foreground_iou(dino, spec: WorldSpec, split: str = "val", cache_dir: st
         images, masks = images[:max_images], masks[:max_images]
     ious, inter_sum, union_sum = [], 0, 0
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].float()
-        size = tuple(x.shape[-2:])
-        if input_size:
-            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        attn = dino(x)["attentions"].mean(1, keepdim=True)
-        attn = F.interpolate(attn, size=size, mode="bilinear", align_corners=False)[:, 0].clamp_min(0)
-        pred = mass_threshold(attn, mass)
+        _, pred = attention_foreground(dino, images[i:i + batch_size], mass, input_size)
         gt = masks[i:i + batch_size]
         valid = gt != 255
         fg = (gt != 0) & valid
