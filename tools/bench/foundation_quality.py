@@ -73,33 +73,38 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     spec = WorldSpec(seed=args.world_seed)
     res = {"world": spec.folder_name, "split": args.split}
+    def measure_clip(path):
+        clip = build_clip(DEFAULT_MODEL, path)
+        zs = zero_shot_crop_accuracy(clip, spec, args.split, args.cache_dir)
+        dense = dense_label_miou(clip, spec, args.split, args.cache_dir, input_size=args.dense_input_size,
+                                 max_images=args.max_images)
+        return {"clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
+                "clip_dense_miou": round(dense["miou"], 4), "clip_dense_iou_background": round(dense["iou_background"], 4),
+                "clip_dense_miou_things": round(dense["miou_things"], 4), "dense_images": dense["num_images"]}
+
+    def measure_dino(path):
+        dino = build_dino(DEFAULT_ARCH, path)
+        fg = dino_foreground_iou(dino, spec, args.split, args.cache_dir, input_size=args.dino_input_size,
+                                 max_images=args.max_images)
+        if args.dino_figure:
+            save_attention_figure(dino, spec, args.split, args.cache_dir, args.dino_figure)
+        return {"dino_seed": args.dino_seed, "dino_foreground_iou": round(fg["iou"], 4),
+                "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4), "dino_images": fg["num_images"]}
+
+    # per model: (checkpoint from the cache, pretrained first if absent; its measurements)
+    jobs = {"clip": (lambda: ensure_tiny_clip(spec, args.cache_dir), measure_clip),
+            "dino": (lambda: ensure_tiny_dino(spec, args.cache_dir, config=DINOPretrainConfig(seed=args.dino_seed)),
+                     measure_dino)}
     for key in sorted(models):
+        ensure, measure = jobs[key]
         t0 = time.time()
-        path = (ensure_tiny_clip(spec, args.cache_dir) if key == "clip"
-                else ensure_tiny_dino(spec, args.cache_dir, config=DINOPretrainConfig(seed=args.dino_seed)))
+        path = ensure()
         meta = torch.load(path, map_location="cpu", weights_only=True).get("fmwiss_meta", {})
         res[f"{key}_pretrain_wall_s_this_run"] = round(time.time() - t0, 1)
         res[f"{key}_pretrain_s"] = meta.get("seconds")
         res[f"{key}_checkpoint"] = path
         t1 = time.time()
-        if key == "clip":
-            clip = build_clip(DEFAULT_MODEL, path)
-            zs = zero_shot_crop_accuracy(clip, spec, args.split, args.cache_dir)
-            dense = dense_label_miou(clip, spec, args.split, args.cache_dir, input_size=args.dense_input_size,
-                                     max_images=args.max_images)
-            res.update({
-                "clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
-                "clip_dense_miou": round(dense["miou"], 4), "clip_dense_iou_background": round(dense["iou_background"], 4),
-                "clip_dense_miou_things": round(dense["miou_things"], 4), "dense_images": dense["num_images"],
-            })
-        else:
-            dino = build_dino(DEFAULT_ARCH, path)
-            fg = dino_foreground_iou(dino, spec, args.split, args.cache_dir, input_size=args.dino_input_size,
-                                     max_images=args.max_images)
-            if args.dino_figure:
-                save_attention_figure(dino, spec, args.split, args.cache_dir, args.dino_figure)
-            res.update({"dino_seed": args.dino_seed, "dino_foreground_iou": round(fg["iou"], 4),
-                        "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4), "dino_images": fg["num_images"]})
+        res.update(measure(path))
         res[f"{key}_eval_wall_s"] = round(time.time() - t1, 1)
     res["threads"] = torch.get_num_threads()
     print(json.dumps(res))
