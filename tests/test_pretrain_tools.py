@@ -221,3 +221,35 @@ def test_mass_threshold_and_attention_foreground_hand_worked():
     up, mask = attention_foreground(fake, torch.zeros(1, 3, 2, 2))
     torch.testing.assert_close(up, attn)
     assert mask.tolist() == [[[True, True], [False, False]]]
+
+
+def test_foreground_scores_hand_worked():
+    """2 x 3 image, ground truth [[1, 1, 0], [0, 255, 0]] (2 foreground, 1 ignored); prediction
+    [[1, 0, 1], [0, 1, 0]]: the ignored pixel is dropped, so intersection 1, prediction 2, union 3 ->
+    IoU 1/3, precision 1/2, recall 1/2; attention 0.4 / 0.1 / 0.2 / 0.1 / 0.1 / 0.1 holds 0.5 of the
+    0.9 on valid pixels on the foreground."""
+    from fmwiss_d2.modeling.foundation.evaluation import foreground_scores
+
+    gt = torch.tensor([[[1, 1, 0], [0, 255, 0]]], dtype=torch.uint8)
+    pred = torch.tensor([[[True, False, True], [False, True, False]]])
+    attn = torch.tensor([[[0.4, 0.1, 0.2], [0.1, 0.1, 0.1]]])
+    got = foreground_scores(attn, pred, gt)
+    assert got["iou"] == pytest.approx([1 / 3]) and got["inter"] == 1 and got["union"] == 3
+    assert got["precision"] == pytest.approx([0.5]) and got["recall"] == pytest.approx([0.5])
+    assert got["fg_mass"] == pytest.approx([0.5 / 0.9])
+
+
+def test_ideal_attention_iou_hand_worked():
+    """A 4 x 4 mask with a 2 x 2 object. At pixel resolution (grid 4) the ideal map is uniform on the object's
+    4 pixels; the 60% and the 70% rule both keep 3 of them (0, 1/4, 1/2 of the mass before each): IoU 3/4.
+    At grid 2 the object fills one patch; bilinear upsampling gives the outer product of [1, 3/4, 1/4, 0]
+    with itself (sum 4): 1, 3/4, 3/4, 9/16 inside the object, 1/4 and less outside. 60% (2.4) keeps
+    1, 3/4, 3/4 (IoU 3/4); 70% (2.8) also keeps 9/16 (2.5 before it): the whole object, IoU 1."""
+    from fmwiss_d2.modeling.foundation.evaluation import ideal_attention_iou
+
+    gt = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    gt[0, :2, :2] = 3
+    assert ideal_attention_iou(gt, 4) == pytest.approx([0.75])
+    assert ideal_attention_iou(gt, 4, mass=0.7) == pytest.approx([0.75])
+    assert ideal_attention_iou(gt, 2) == pytest.approx([0.75])
+    assert ideal_attention_iou(gt, 2, mass=0.7) == pytest.approx([1.0])

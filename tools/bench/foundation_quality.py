@@ -10,7 +10,9 @@
 * ``clip_dense_miou``: MaskCLIP dense maps, argmax over the image's labelled classes and the background
   prompts (the world's stuff names), mIoU over background + 10 classes.
 * ``dino_foreground_iou``: head-averaged last-layer CLS attention, the top pixels holding 60% of the
-  attention mass, IoU with mask != 0 (mean over images; target >= 0.5).
+  attention mass, IoU with mask != 0 (mean over images; target >= 0.5). With it: the mask's precision and
+  recall, ``dino_fg_mass`` (the attention's share on object pixels) and ``dino_ideal_iou``, the score of a
+  perfect map (uniform over the objects) at the ViT's patch grid: the measure's ceiling.
 Pretraining seconds are read from the checkpoints (measured when they were made).
 """
 import argparse
@@ -89,7 +91,9 @@ def main(argv=None) -> dict:
         if args.dino_figure:
             save_attention_figure(dino, spec, args.split, args.cache_dir, args.dino_figure)
         return {"dino_seed": args.dino_seed, "dino_foreground_iou": round(fg["iou"], 4),
-                "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4), "dino_images": fg["num_images"]}
+                "dino_foreground_iou_dataset": round(fg["iou_dataset"], 4),
+                **{f"dino_{k}": round(fg[k], 4) for k in ("precision", "recall", "fg_mass", "ideal_iou")},
+                "dino_images": fg["num_images"]}
 
     # per model: (checkpoint from the cache, pretrained first if absent; its measurements)
     jobs = {"clip": (lambda: ensure_tiny_clip(spec, args.cache_dir), measure_clip),

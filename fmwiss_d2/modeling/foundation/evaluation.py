@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from fmwiss_d2.data.datasets.shapes import STUFF_CLASSES, THING_CLASSES, WorldSpec
 
 __all__ = ["zero_shot_crop_accuracy", "dense_label_miou", "dino_foreground_iou", "attention_foreground",
-           "mass_threshold"]
+           "mass_threshold", "foreground_scores", "ideal_attention_iou"]
 
 
 @torch.no_grad()
@@ -107,30 +107,65 @@ def attention_foreground(dino, images: torch.Tensor, mass: float = 0.6, input_si
     return attn, mass_threshold(attn, mass)
 
 
+def foreground_scores(attn: torch.Tensor, pred: torch.Tensor, masks: torch.Tensor) -> dict:
+    """Per-image lists ``iou``, ``precision``, ``recall``, ``fg_mass`` and summed ``inter`` / ``union``.
+
+    ``attn`` float and ``pred`` bool ``(B, H, W)``; ``masks`` the semantic masks (0 background, 255 ignored).
+    ``fg_mass``: share of the attention on foreground pixels -- with ``recall`` it tells whether a low IoU comes
+    from attention spilling onto the background or from objects left out.
+    """
+    valid = masks != 255
+    fg = (masks != 0) & valid
+    pred = pred & valid
+    inter = (pred & fg).flatten(1).sum(1).float()
+    union = (pred | fg).flatten(1).sum(1).float()
+    a = (attn * valid).flatten(1)
+    return {"iou": (inter / union.clamp_min(1)).tolist(),
+            "precision": (inter / pred.flatten(1).sum(1).clamp_min(1)).tolist(),
+            "recall": (inter / fg.flatten(1).sum(1).clamp_min(1)).tolist(),
+            "fg_mass": ((a * fg.flatten(1)).sum(1) / a.sum(1).clamp_min(1e-12)).tolist(),
+            "inter": int(inter.sum()), "union": int(union.sum())}
+
+
+def ideal_attention_iou(masks: torch.Tensor, grid: int, mass: float = 0.6) -> list[float]:
+    """Per-image IoU that a perfect attention map -- uniform over the foreground, seen at a ``grid x grid``
+    patch resolution and upsampled like the ViT's -- would score under the ``mass`` rule: the ceiling of the
+    measure. Even at pixel resolution it is ``mass`` (the rule keeps that share of a uniform map)."""
+    fg = ((masks != 0) & (masks != 255)).float()[:, None]
+    attn = F.interpolate(F.adaptive_avg_pool2d(fg, grid), size=masks.shape[-2:], mode="bilinear",
+                         align_corners=False)[:, 0].clamp_min(0) + 1e-6  # the epsilon orders empty maps
+    return foreground_scores(attn, mass_threshold(attn, mass), masks)["iou"]
+
+
 @torch.no_grad()
 def dino_foreground_iou(dino, spec: WorldSpec, split: str = "val", cache_dir: str | None = None, *,
                         mass: float = 0.6, input_size: int | None = None, batch_size: int = 64,
                         max_images: int | None = None) -> dict:
     """Foreground IoU of thresholded head-averaged CLS attention; see the module docstring.
 
-    Returns the mean per-image IoU (``iou``) and the dataset-level IoU (``iou_dataset``, summed intersections
-    over summed unions).
+    Returns the mean per-image IoU (``iou``), the dataset-level IoU (``iou_dataset``, summed intersections
+    over summed unions), the mean per-image ``precision``, ``recall`` and ``fg_mass`` (see
+    :func:`foreground_scores`) and ``ideal_iou``, the measure's ceiling at the ViT's patch grid
+    (:func:`ideal_attention_iou`).
     """
     from .data import load_world_split
 
     images, _, masks = load_world_split(spec, split, cache_dir, with_masks=True)
     if max_images:
         images, masks = images[:max_images], masks[:max_images]
-    ious, inter_sum, union_sum = [], 0, 0
+    stats = {k: [] for k in ("iou", "precision", "recall", "fg_mass", "ideal")}
+    inter_sum, union_sum = 0, 0
     for i in range(0, len(images), batch_size):
-        _, pred = attention_foreground(dino, images[i:i + batch_size], mass, input_size)
+        attn, pred = attention_foreground(dino, images[i:i + batch_size], mass, input_size)
         gt = masks[i:i + batch_size]
-        valid = gt != 255
-        fg = (gt != 0) & valid
-        inter = (pred & fg).flatten(1).sum(1)
-        union = ((pred & valid) | fg).flatten(1).sum(1)
-        ious += (inter.float() / union.clamp_min(1)).tolist()
-        inter_sum += int(inter.sum())
-        union_sum += int(union.sum())
-    return {"iou": float(np.mean(ious)), "iou_dataset": inter_sum / max(union_sum, 1), "mass": mass,
+        scores = foreground_scores(attn, pred, gt)
+        for k in ("iou", "precision", "recall", "fg_mass"):
+            stats[k] += scores[k]
+        grid = (input_size or gt.shape[-1]) // dino.patch_size[0]
+        stats["ideal"] += ideal_attention_iou(gt, grid, mass)
+        inter_sum += scores["inter"]
+        union_sum += scores["union"]
+    means = {k: float(np.mean(v)) for k, v in stats.items()}
+    return {"iou": means["iou"], "iou_dataset": inter_sum / max(union_sum, 1), "precision": means["precision"],
+            "recall": means["recall"], "fg_mass": means["fg_mass"], "ideal_iou": means["ideal"], "mass": mass,
             "input_size": input_size, "num_images": len(images)}
