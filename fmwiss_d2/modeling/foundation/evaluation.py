@@ -107,6 +107,12 @@ def attention_foreground(dino, images: torch.Tensor, mass: float = 0.6, input_si
     return attn, mass_threshold(attn, mass)
 
 
+def _valid_and_foreground(masks: torch.Tensor):
+    """``(valid, foreground)`` boolean maps of semantic masks: 255 is ignored, 0 is background."""
+    valid = masks != 255
+    return valid, (masks != 0) & valid
+
+
 def foreground_scores(attn: torch.Tensor, pred: torch.Tensor, masks: torch.Tensor) -> dict:
     """Per-image lists ``iou``, ``precision``, ``recall``, ``fg_mass`` and summed ``inter`` / ``union``.
 
@@ -114,8 +120,7 @@ def foreground_scores(attn: torch.Tensor, pred: torch.Tensor, masks: torch.Tenso
     ``fg_mass``: share of the attention on foreground pixels -- with ``recall`` it tells whether a low IoU comes
     from attention spilling onto the background or from objects left out.
     """
-    valid = masks != 255
-    fg = (masks != 0) & valid
+    valid, fg = _valid_and_foreground(masks)
     pred = pred & valid
     inter = (pred & fg).flatten(1).sum(1).float()
     union = (pred | fg).flatten(1).sum(1).float()
@@ -131,7 +136,7 @@ def ideal_attention_iou(masks: torch.Tensor, grid: int, mass: float = 0.6) -> li
     """Per-image IoU that a perfect attention map -- uniform over the foreground, seen at a ``grid x grid``
     patch resolution and upsampled like the ViT's -- would score under the ``mass`` rule: the ceiling of the
     measure. Even at pixel resolution it is ``mass`` (the rule keeps that share of a uniform map)."""
-    fg = ((masks != 0) & (masks != 255)).float()[:, None]
+    fg = _valid_and_foreground(masks)[1].float()[:, None]
     attn = F.interpolate(F.adaptive_avg_pool2d(fg, grid), size=masks.shape[-2:], mode="bilinear",
                          align_corners=False)[:, 0].clamp_min(0) + 1e-6  # the epsilon orders empty maps
     return foreground_scores(attn, mass_threshold(attn, mass), masks)["iou"]
@@ -153,19 +158,18 @@ def dino_foreground_iou(dino, spec: WorldSpec, split: str = "val", cache_dir: st
     images, _, masks = load_world_split(spec, split, cache_dir, with_masks=True)
     if max_images:
         images, masks = images[:max_images], masks[:max_images]
-    stats = {k: [] for k in ("iou", "precision", "recall", "fg_mass", "ideal")}
+    per_image = ("iou", "precision", "recall", "fg_mass")
+    stats = {k: [] for k in per_image + ("ideal_iou",)}
     inter_sum, union_sum = 0, 0
     for i in range(0, len(images), batch_size):
         attn, pred = attention_foreground(dino, images[i:i + batch_size], mass, input_size)
         gt = masks[i:i + batch_size]
         scores = foreground_scores(attn, pred, gt)
-        for k in ("iou", "precision", "recall", "fg_mass"):
+        for k in per_image:
             stats[k] += scores[k]
         grid = (input_size or gt.shape[-1]) // dino.patch_size[0]
-        stats["ideal"] += ideal_attention_iou(gt, grid, mass)
+        stats["ideal_iou"] += ideal_attention_iou(gt, grid, mass)
         inter_sum += scores["inter"]
         union_sum += scores["union"]
-    means = {k: float(np.mean(v)) for k, v in stats.items()}
-    return {"iou": means["iou"], "iou_dataset": inter_sum / max(union_sum, 1), "precision": means["precision"],
-            "recall": means["recall"], "fg_mass": means["fg_mass"], "ideal_iou": means["ideal"], "mass": mass,
-            "input_size": input_size, "num_images": len(images)}
+    return {**{k: float(np.mean(v)) for k, v in stats.items()}, "iou_dataset": inter_sum / max(union_sum, 1),
+            "mass": mass, "input_size": input_size, "num_images": len(images)}
