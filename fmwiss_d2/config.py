@@ -142,7 +142,7 @@ def _add_foundation_config(cfg):
     cfg.MODEL.DINO.CHECKPOINT = "auto:shapes"  # DINO-format file, "auto:shapes" (pretrain if absent) or "" (random)
     cfg.MODEL.DINO.CHECKPOINT_KEY = "teacher"  # network of a full training checkpoint to load ("teacher" or "student")
     cfg.MODEL.DINO.PRETRAIN = CN()  # "auto:shapes" pretraining on the world of cfg.SHAPES (all enter the cache key)
-    cfg.MODEL.DINO.PRETRAIN.STEPS = 300  # optimizer steps of self-distillation
+    cfg.MODEL.DINO.PRETRAIN.STEPS = 500  # optimizer steps of self-distillation
     cfg.MODEL.DINO.PRETRAIN.CORPUS = "object_centric"  # images learnt from: the world's generator, ImageNet-like layout; or "world"
     cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global crops + the local crops, if any)
     cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
