@@ -134,6 +134,27 @@ def test_dino_learns_from_the_object_centric_variant_of_the_world(tiny_world, di
         pretraining_corpus(spec, replace(DINO_CFG, corpus="imagenet"))
 
 
+def test_dino_student_has_stochastic_depth_and_teacher_none(tiny_world):
+    """Stochastic depth regularizes the student only: in training mode the student's output changes from call to
+    call, the teacher's (DINO's targets) does not."""
+    from dataclasses import replace
+
+    from fmwiss_d2.modeling.foundation.pretrain_dino import pretrain_dino
+
+    spec, cache, _ = tiny_world
+    student, teacher, _ = pretrain_dino(spec, cache, config=replace(DINO_CFG, steps=1, drop_path=0.5),
+                                        progress=False)
+    x = [torch.randn(2, 3, 32, 32)]
+    student.train()
+    teacher.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        s1, s2, t1, t2 = student(x), student(x), teacher(x), teacher(x)
+    assert not torch.allclose(s1, s2)
+    assert torch.equal(t1, t2)
+    assert student.backbone.blocks[-1].drop_path1.drop_prob == 0.5  # timm: linear in depth up to the rate
+
+
 def test_gaussian_blur_matches_scipy():
     """Against scipy's separable Gaussian filter ('mirror' = torch's 'reflect' padding, same 2 * 3 + 1 taps);
     ``p`` picks which images are blurred."""
