@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Pretrains the tiny DINO ViT on synthetic-world images (or finds it in the cache) and prints its path.
 
-The images are an object-centric variant of the world (`--corpus object_centric`, ImageNet-like: one or two
-large objects per image); `--corpus world` trains on the world's own scene images instead.
+The images are an object-centric variant of the world (`--corpus object_centric`, ImageNet-like: one large
+object per image); `--corpus world` trains on the world's own scene images instead.
 
     python tools/pretrain_dino.py                      # default world (seed 0), default training config
     python tools/pretrain_dino.py --steps 5 --batch-size 8 --num-train 32 --num-val 8 --image-size 64   # smoke run
@@ -20,7 +20,8 @@ from dataclasses import replace
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fmwiss_d2.modeling.foundation.cli import add_pretrain_args, parse_pretrain_args  # noqa: E402
-from fmwiss_d2.modeling.foundation.pretrain_dino import DEFAULT_ARCH, DINOPretrainConfig, ensure_tiny_dino  # noqa: E402
+from fmwiss_d2.modeling.foundation.pretrain_dino import (  # noqa: E402
+    CORPORA, DEFAULT_ARCH, DINOPretrainConfig, ensure_tiny_dino)
 
 
 def main(argv=None) -> str:
@@ -29,7 +30,7 @@ def main(argv=None) -> str:
     p.add_argument("--arch", default=DEFAULT_ARCH, help="DINO architecture name or JSON (see foundation/dino.py)")
     p.add_argument("--patch-size", type=int, default=0, help="patch size override (0 = the architecture's)")
     add_pretrain_args(p, d)
-    p.add_argument("--corpus", choices=["object_centric", "world"], default=d.corpus,
+    p.add_argument("--corpus", choices=CORPORA, default=d.corpus,
                    help="images learnt from: an object-centric variant of the world (default) or its own images")
     p.add_argument("--eval", action="store_true", help="print the foreground IoU of the CLS attention on val")
     args, spec, config = parse_pretrain_args(p, argv, DINOPretrainConfig)

@@ -37,6 +37,7 @@ __all__ = ["DINOPretrainConfig", "DINOHead", "dino_loss", "pretrain_dino", "ensu
 
 PRETRAIN_VERSION = 3  # 2: object-centric corpus, multi-crop and blur; 3: student stochastic depth, 500 steps
 DEFAULT_ARCH = "dino_shapes_tiny"
+CORPORA = ("object_centric", "world")  # what DINO can learn from; see pretraining_corpus
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,11 @@ def pretraining_corpus(spec: WorldSpec, config: DINOPretrainConfig) -> WorldSpec
     scenes apart, and DINO learns the stuff. The object-centric corpus is the same generator (classes, textures,
     stuff, clutter) with the ImageNet-like layout; no label of it is ever read.
     """
+    if config.corpus not in CORPORA:
+        raise ValueError(f"unknown DINO pretraining corpus {config.corpus!r}; known: "
+                         + ", ".join(repr(c) for c in CORPORA))
     if config.corpus == "world":
         return spec
-    if config.corpus != "object_centric":
-        raise ValueError(f"unknown DINO pretraining corpus {config.corpus!r}; known: 'object_centric', 'world'")
     lo, hi = config.corpus_objects
     return replace(spec, layout="object_centric", min_objects=lo, max_objects=hi, num_val=0)
 
