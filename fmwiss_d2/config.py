@@ -12,23 +12,40 @@ def add_fmwiss_config(cfg):
     cfg.SHAPES.NUM_VAL = 500  # validation images
     cfg.SHAPES.IMAGE_SIZE = 128  # images are square, IMAGE_SIZE x IMAGE_SIZE pixels
 
+    # The method (training regime), with or without an incremental task (fmwiss_d2/methods).
+    cfg.METHOD = CN()
+    cfg.METHOD.NAME = "Supervised"  # METHOD_REGISTRY name: "Supervised", "Finetune", "MiB", ...
+    cfg.METHOD.MIB = CN()
+    cfg.METHOD.MIB.KD_WEIGHT = 10.0  # weight of the unbiased distillation (MiB's lambda, 10 in the paper)
+    cfg.METHOD.MIB.UNBIASED_CE = True  # the model's background logits absorb old classes in the class loss
+    cfg.METHOD.MIB.INIT_FROM_BACKGROUND = True  # new classifiers start from the background's
+    cfg.METHOD.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
+    cfg.METHOD.MIB.PSEUDO_LABEL = False  # old-model pseudo labels on background pixels (CoMFormer; OldModelSource)
+
+    # Pseudo-label sources (fmwiss_d2/pseudo_labels): their settings.
+    cfg.PSEUDO_LABELS = CN()
+    cfg.PSEUDO_LABELS.OLD_MODEL = CN()
+    cfg.PSEUDO_LABELS.OLD_MODEL.THRESHOLD = 0.0  # minimum normalised old-model score of a pseudo label
+    cfg.PSEUDO_LABELS.CLIP = CN()
+    cfg.PSEUDO_LABELS.CLIP.TEMPERATURE = 0.01  # softmax temperature over the image's class + background prompts
+    cfg.PSEUDO_LABELS.CLIP.THRESHOLD = 0.0  # minimum top score of a valid pixel
+
     # Incremental learning: which task and step this run trains (tasks live in fmwiss_d2/data/datasets/tasks.py).
     cfg.INCREMENTAL = CN()
     cfg.INCREMENTAL.TASK = ""  # e.g. "shapes_6-4"; "" = ordinary (non-incremental) training
     cfg.INCREMENTAL.SETTING = "overlap"  # "overlap" or "disjoint" (MiB's two protocols)
     cfg.INCREMENTAL.STEP = 0  # step to train; step 0 learns the base classes
-    cfg.INCREMENTAL.METHOD = "Finetune"  # METHOD_REGISTRY name ("Finetune", "MiB", ...) or "Joint" (all classes at once)
+    cfg.INCREMENTAL.TRANSFORM = ""  # TASK_TRANSFORM_REGISTRY name applied to the task ("Joint": all classes at once)
+    cfg.INCREMENTAL.NEW_CLASS_LABELS = "pixel"  # supervision of steps >= 1: "pixel" masks or "image" labels only
     cfg.INCREMENTAL.PREVIOUS_WEIGHTS = ""  # final model of the previous step; "" = OUTPUT_DIR/step{k-1}/model_final.pth
     cfg.INCREMENTAL.STEP_BASE_LR = -1.0  # SOLVER.BASE_LR of steps >= 1 (MiB: 10x lower); <= 0 keeps SOLVER.BASE_LR
     cfg.INCREMENTAL.STEP_MAX_ITER = -1  # SOLVER.MAX_ITER of steps >= 1; <= 0 keeps SOLVER.MAX_ITER
     cfg.INCREMENTAL.EPOCHS = 0  # > 0: every step trains this many epochs of its own data (overrides MAX_ITER)
-    cfg.INCREMENTAL.MIB = CN()
-    cfg.INCREMENTAL.MIB.KD_WEIGHT = 10.0  # weight of the unbiased distillation (MiB's lambda, 10 in the paper)
-    cfg.INCREMENTAL.MIB.UNBIASED_CE = True  # background absorbs old classes in the cross-entropy
-    cfg.INCREMENTAL.MIB.INIT_FROM_BACKGROUND = True  # new classifiers start from the background's
-    cfg.INCREMENTAL.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
-    cfg.INCREMENTAL.MIB.PSEUDO_LABEL = False  # mask classification: old-model pseudo labels on background (CoMFormer)
-    cfg.INCREMENTAL.MIB.PSEUDO_LABEL_THRESHOLD = 0.0  # minimum normalised old-model score of a pseudo label
+    for old, new in (("INCREMENTAL.METHOD", "METHOD.NAME"), ("INCREMENTAL.MIB", "METHOD.MIB"),
+                     ("INCREMENTAL.MIB.PSEUDO_LABEL_THRESHOLD", "PSEUDO_LABELS.OLD_MODEL.THRESHOLD")):
+        cfg.register_renamed_key(old, new)
+    for key in ("KD_WEIGHT", "UNBIASED_CE", "INIT_FROM_BACKGROUND", "MASK_KD_WEIGHT", "PSEUDO_LABEL"):
+        cfg.register_renamed_key(f"INCREMENTAL.MIB.{key}", f"METHOD.MIB.{key}")
 
     _add_model_config(cfg)
     _add_foundation_config(cfg)
@@ -106,6 +123,7 @@ def _add_model_config(cfg):
 
     # Data, solver and evaluation keys used by the trainer.
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # DATASET_MAPPER_REGISTRY name
+    cfg.INPUT.SUPERVISION = "pixel"  # training labels: "pixel" (masks) or "image" (image-level labels; no mask is read)
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # mappers pad to this (-1 = no padding in the mapper)
     cfg.INPUT.COLOR_AUG_SSD = False  # photometric distortion (SSD style) in training
     if "SINGLE_CATEGORY_MAX_AREA" not in cfg.INPUT.CROP:

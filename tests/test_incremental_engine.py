@@ -1,5 +1,4 @@
 """Incremental steps on the real models: MiB's initialization, the old model, stamped checkpoints, the runner."""
-import importlib.util
 import json
 import os
 
@@ -8,10 +7,11 @@ import torch
 from detectron2.modeling import build_model
 
 from _model_cfg import tiny_cfg
+from fmwiss_d2.data.dataset_mappers.semantic import semantic_to_instances
 from fmwiss_d2.data.datasets.tasks import get_task
-from fmwiss_d2.engine.incremental import (
-    CheckpointMismatchError, IncrementalCheckpointer, IncrementalSegmentor, configure_step,
-)
+from fmwiss_d2.engine.incremental import CheckpointMismatchError, IncrementalCheckpointer, configure_step
+from fmwiss_d2.engine.launch import argument_parser
+from fmwiss_d2.engine.protocol import run_incremental
 from fmwiss_d2.methods import build_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,9 +19,9 @@ DEEPLAB = "shapes/deeplabv3_semantic.yaml"
 M2F = "shapes/mask2former_semantic.yaml"
 
 
-def _step_cfg(config, step, method="MiB", out="/tmp/unused"):
+def _step_cfg(config, step, method="MiB", out="/tmp/unused", transform=""):
     cfg = tiny_cfg(config, "INCREMENTAL.TASK", "shapes_6-4", "INCREMENTAL.STEP", str(step),
-                   "INCREMENTAL.METHOD", method, "OUTPUT_DIR", out)
+                   "METHOD.NAME", method, "INCREMENTAL.TRANSFORM", transform, "OUTPUT_DIR", out)
     return configure_step(cfg)
 
 
@@ -33,7 +33,7 @@ def _pair(config):
     new = build_model(cfg1).eval()
     missing = new.load_state_dict(old.state_dict(), strict=False).missing_keys
     assert all(".cls.1." in k for k in missing) and missing  # only the new classifier group is absent
-    build_method(cfg1, get_task("shapes_6-4"), 1).init_new_classes(new)
+    build_method(cfg1, new, get_task("shapes_6-4"), 1).start_step()
     return old, new
 
 
@@ -43,9 +43,10 @@ def test_configure_step_fills_datasets_classes_and_previous_weights():
     assert cfg.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",)
     assert list(cfg.MODEL.CLASSES_PER_STEP) == [7, 4] and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 11
     assert cfg.OUTPUT_DIR == "/runs/x/step1" and cfg.MODEL.WEIGHTS == "/runs/x/step0/model_final.pth"
-    joint = _step_cfg(DEEPLAB, 0, method="Joint", out="/runs/j")
+    joint = _step_cfg(DEEPLAB, 1, method="Finetune", out="/runs/j", transform="Joint")
     assert joint.DATASETS.TRAIN == ("shapes_6-4-joint_overlap_step0_train",)
     assert joint.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",) and list(joint.MODEL.CLASSES_PER_STEP) == [11]
+    assert joint.OUTPUT_DIR == "/runs/j/joint" and joint.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS.__class__()
     with pytest.raises(IndexError, match="Step 2 is out of range"):
         _step_cfg(DEEPLAB, 2)
 
@@ -90,10 +91,13 @@ def _step1_batch(config, *opts):
 def test_mib_training_step_uses_the_frozen_old_model(config, tiny_world):
     old, new = _pair(config)
     cfg1, batch = _step1_batch(config)
-    wrapper = IncrementalSegmentor(new, build_method(cfg1, get_task("shapes_6-4"), 1), old).train()
+    method = build_method(cfg1, new, get_task("shapes_6-4"), 1)
+    method.add_frozen("old_model", old)
+    method.train()
     assert not old.training and all(not p.requires_grad for p in old.parameters())
-    assert all(not k.startswith("_old") for k in wrapper.state_dict())  # old model never saved
-    losses = wrapper(batch)
+    assert set(method.state_dict()) == {"model." + k for k in new.state_dict()}  # old model never saved
+    assert {id(p) for p in method.parameters()} == {id(p) for p in new.parameters()}  # nor optimized
+    losses = method(batch)
     assert "loss_kd" in losses and torch.isfinite(losses["loss_kd"]) and losses["loss_kd"] > 0
     sum(losses.values()).backward()
     assert all(p.grad is None for p in old.parameters())
@@ -122,24 +126,15 @@ def test_checkpoints_are_stamped_and_refused_across_tasks_and_steps(tmp_path):
     IncrementalCheckpointer(model, identity=stamp0, allowed_steps={0}).load(str(tmp_path / "plain.pth"))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"fmwiss_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path, monkeypatch):
     spec, cache, _ = tiny_world
-    runner = _load_tool("run_incremental")
-    argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "--methods", "MiB,Finetune",
-            "INCREMENTAL.TASK", "shapes_6-4", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
+    argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "INCREMENTAL.TASK", "shapes_6-4", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
             "SHAPES.CACHE_DIR", cache, "SHAPES.SEED", str(spec.seed), "SHAPES.IMAGE_SIZE", str(spec.image_size),
             "SHAPES.NUM_TRAIN", str(spec.num_train), "SHAPES.NUM_VAL", str(spec.num_val),
             "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.SIZE", "(64, 64)",
             "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64"]
     try:
-        summary = runner.main(argv)
+        summary = run_incremental(argument_parser().parse_args(argv), ["MiB", "Finetune"])
         root = tmp_path / "shapes_6-4_overlap"
         assert [(r["method"], r["step"]) for r in summary["steps"]] == [("MiB", 0), ("MiB", 1), ("Finetune", 0), ("Finetune", 1)]
         assert (root / "summary.csv").is_file() and (root / "summary.png").is_file()
@@ -155,8 +150,7 @@ def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path
         def must_not_train(*a, **k):
             raise AssertionError("a finished step was trained again")
 
-        monkeypatch.setattr(runner.train_net, "main", must_not_train)
-        again = runner.main(argv)
+        again = run_incremental(argument_parser().parse_args(argv), ["MiB", "Finetune"], train=must_not_train)
         assert again["steps"] == json.loads(json.dumps(summary["steps"]))
     finally:
         from detectron2.config import get_cfg
@@ -198,13 +192,14 @@ def test_user_task_on_a_detectron2_load_sem_seg_dataset_trains_and_evaluates(tmp
     task_file.write_text("name: my_2-1\ntrain: mydata_train\nval: mydata_val\nsteps:\n"
                          "  - [background, cat, dog]\n  - [cow]\n")
     load_task_file(str(task_file))
-    train_net = _load_tool("train_net")
-    args = train_net.parse_args([
+    from fmwiss_d2.engine.launch import main
+
+    args = argument_parser().parse_args([
         "--config-file", os.path.join(ROOT, "configs", DEEPLAB), "INCREMENTAL.TASK", str(task_file),
         "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
         "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.ENABLED", "False", "INPUT.MIN_SIZE_TRAIN", "(32,)",
         "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"])
-    results = train_net.main(args)
+    results = main(args)
     res = results["sem_seg"] if "sem_seg" in results else results["my_2-1_overlap_step0_val"]["sem_seg"]
     assert {"mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"} <= set(res)
     saved = tmp_path / "out" / "step0" / "inference" / "incremental_results_my_2-1_overlap_step0_val.json"
@@ -212,22 +207,24 @@ def test_user_task_on_a_detectron2_load_sem_seg_dataset_trains_and_evaluates(tmp
 
 
 def test_mib_pseudo_labels_reach_the_mask_classification_criterion(tiny_world):
-    """With INCREMENTAL.MIB.PSEUDO_LABEL the criterion sees old-class targets that the step-1 labels lack,
+    """With METHOD.MIB.PSEUDO_LABEL the criterion sees old-class targets that the step-1 labels lack,
     and each of them covers only pixels the step-1 labels call background."""
     old, new = _pair(M2F)
-    cfg1, batch = _step1_batch(M2F, "INCREMENTAL.MIB.PSEUDO_LABEL", True)
+    cfg1, batch = _step1_batch(M2F, "METHOD.MIB.PSEUDO_LABEL", True)
     for x in batch:  # step-1 labels: only background and new classes, as the task's label_lut makes them
-        keep = (x["instances"].gt_classes == 0) | (x["instances"].gt_classes >= 7)
-        x["instances"] = x["instances"][keep]
+        sem = x["sem_seg"].clone()
+        sem[(sem >= 1) & (sem <= 6)] = 0
+        x["sem_seg"], x["instances"] = sem, semantic_to_instances(sem, 255)
     seen = []
     real_losses = new.losses
-    new.losses = lambda outputs, targets: seen.append(targets) or real_losses(outputs, targets)
-    wrapper = IncrementalSegmentor(new, build_method(cfg1, get_task("shapes_6-4"), 1), old).train()
-    losses = wrapper(batch)
+    new.losses = lambda outputs, targets, **kw: seen.append(targets) or real_losses(outputs, targets, **kw)
+    method = build_method(cfg1, new, get_task("shapes_6-4"), 1)
+    method.add_frozen("old_model", old)
+    losses = method.train()(batch)
     assert all(torch.isfinite(v) for v in losses.values())
     (targets,) = seen
     for x, t in zip(batch, targets):
-        bg = x["instances"].gt_masks[x["instances"].gt_classes == 0].any(0)
+        bg = x["sem_seg"] == 0
         for c, m in zip(t["labels"].tolist(), t["masks"] > 0.5):
             if 1 <= c <= 6:
                 h, w = bg.shape

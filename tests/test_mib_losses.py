@@ -135,50 +135,53 @@ def test_old_query_mask_distillation_hand_worked():
 
 def _pseudo_label_case():
     """1 image, 5 pixels in a row; classes [bg 0, old 1, old 2, new 3] (+ no-object in the old model's logits).
-    New labels: pixels 0-2 background, pixel 3 new class 3, pixel 4 ignored (in no mask).
+    New labels: pixels 0-2 background, pixel 3 new class 3, pixel 4 ignored.
     Old model, 3 queries: q0 says old 1 (mask on pixels 0, 2, 3, 4), q1 says background (on pixel 1),
-    q2 says old 2 (on pixel 2). Pixel 2 is contested: old 2 wins, with a normalised score of about 0.5."""
+    q2 says old 2 (on pixel 2). Pixel 2 is contested: old 2 wins, with a normalised score of about 0.5.
+    Returns (labels (1, 1, 5), the OldModelSource's pseudo labels at thresholds 0 and 0.6)."""
+    from fmwiss_d2.modeling.meta_arch import MaskFormer
+    from fmwiss_d2.pseudo_labels import PseudoLabelContext
+    from fmwiss_d2.pseudo_labels.sources import OldModelSource
+
     on, off = 10.0, -10.0
     old = {"pred_logits": torch.tensor([[[0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 6.0, 0.0]]]),
            "pred_masks": torch.tensor([[[[on, off, on, on, on]], [[off, on, off, off, off]],
                                         [[off, off, on, off, off]]]])}
-    targets = [{"labels": torch.tensor([0, 3]),
-                "masks": torch.tensor([[[1.0, 1, 1, 0, 0]], [[0.0, 0, 0, 1, 0]]])}]
-    return targets, old
 
+    class OldModel:  # the model-family contract, for the outputs above
+        per_pixel_scores = staticmethod(lambda outputs: MaskFormer.per_pixel_scores(None, outputs))
 
-def _as_label_map(t):
-    """Per-pixel label of a target list entry (255 = in no mask); asserts the masks do not overlap."""
-    masks = t["masks"] > 0.5
-    assert int(masks.sum(0).max()) <= 1
-    out = torch.full(masks.shape[1:], 255, dtype=torch.long)
-    for c, m in zip(t["labels"].tolist(), masks):
-        out[m] = c
-    return out
+    ctx = PseudoLabelContext(class_names=["bg", "old1", "old2", "new3"], old_model=OldModel(), old_outputs=old)
+    images = torch.zeros(1, 3, 1, 5)
+    pseudo = [OldModelSource(threshold=t)(images, [torch.zeros(0, dtype=torch.long)], ctx) for t in (0.0, 0.6)]
+    return torch.tensor([[[0, 0, 0, 3, 255]]]), pseudo
 
 
 def test_pseudo_labels_put_old_classes_back_on_background_pixels_only():
-    from fmwiss_d2.methods.mib import pseudo_label_old_classes
+    from fmwiss_d2.methods.mib import pseudo_label_background
 
-    targets, old = _pseudo_label_case()
-    got = pseudo_label_old_classes(targets, old, old_ids=[1, 2])
+    labels, (pseudo, strict) = _pseudo_label_case()
+    assert pseudo.scores.shape == (1, 4, 1, 5) and torch.all(pseudo.scores[:, 3] == 0)  # old model: no class 3
+    assert torch.allclose(pseudo.scores.sum(1), torch.ones(1, 1, 5))  # normalised over its classes
+    got = pseudo_label_background(labels, pseudo, classes=[1, 2])
     # pixel 0 -> old 1; pixel 1 stays background; pixel 2 -> old 2; the new and the ignored pixel unchanged
-    assert _as_label_map(got[0]).tolist() == [[1, 0, 2, 3, 255]]
-    assert _as_label_map(targets[0]).tolist() == [[0, 0, 0, 3, 255]]  # the input is not modified
+    assert got.tolist() == [[[1, 0, 2, 3, 255]]]
+    assert labels.tolist() == [[[0, 0, 0, 3, 255]]]  # the input is not modified
     # the contested pixel's normalised score is ~0.5: a 0.6 threshold leaves it background
-    strict = pseudo_label_old_classes(targets, old, old_ids=[1, 2], threshold=0.6)
-    assert _as_label_map(strict[0]).tolist() == [[1, 0, 0, 3, 255]]
-    # no old classes (step 0): targets returned as they are
-    assert pseudo_label_old_classes(targets, old, old_ids=[]) is targets
+    assert strict.valid.tolist() == [[[True, True, False, True, True]]]
+    assert pseudo_label_background(labels, strict, classes=[1, 2]).tolist() == [[[1, 0, 0, 3, 255]]]
+    # no old classes (step 0): labels unchanged
+    assert pseudo_label_background(labels, pseudo, classes=[]).tolist() == labels.tolist()
 
 
-def test_pseudo_labels_drop_the_background_target_when_old_classes_cover_it():
-    from fmwiss_d2.methods.mib import pseudo_label_old_classes
+def test_pseudo_labels_leave_no_empty_background_mask_when_old_classes_cover_it():
+    from fmwiss_d2.data.dataset_mappers.semantic import semantic_to_instances
+    from fmwiss_d2.methods.mib import pseudo_label_background
 
-    targets, old = _pseudo_label_case()
-    targets[0]["masks"][0] = torch.tensor([[1.0, 0, 0, 0, 0]])  # background only on pixel 0 (old model: old 1)
-    got = pseudo_label_old_classes(targets, old, old_ids=[1, 2])[0]
-    assert sorted(got["labels"].tolist()) == [1, 3]  # no empty background mask is left behind
+    _, (pseudo, _) = _pseudo_label_case()
+    labels = torch.tensor([[[0, 255, 255, 3, 255]]])  # background only on pixel 0 (old model: old 1)
+    got = pseudo_label_background(labels, pseudo, classes=[1, 2])[0]
+    assert semantic_to_instances(got, 255).gt_classes.tolist() == [1, 3]  # no empty background mask
 
 
 def test_unbiased_ce_keeps_pseudo_labelled_old_targets_when_asked():

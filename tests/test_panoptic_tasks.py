@@ -293,12 +293,13 @@ def test_mib_on_a_background_less_task_is_refused(handpan):
     task = register_incremental_task("handpan_2-2", SPEC)
     cfg = get_cfg()
     add_fmwiss_config(cfg)
-    cfg.INCREMENTAL.METHOD = "MiB"
+    cfg.METHOD.NAME = "MiB"
+    model = torch.nn.Linear(1, 1)  # refused before the model is used
     for step in (0, 1):
         with pytest.raises(ValueError, match="'MiB' needs a background class.*task 'handpan_2-2' has none"):
-            build_method(cfg, task, step)
-    cfg.INCREMENTAL.METHOD = "Finetune"
-    assert build_method(cfg, task, 1).new_ids == [2, 3]
+            build_method(cfg, model, task, step)
+    cfg.METHOD.NAME = "Finetune"
+    assert build_method(cfg, model, task, 1).new_ids == [2, 3]
 
 
 def test_background_key_and_null(handpan):
@@ -312,21 +313,18 @@ def test_background_key_and_null(handpan):
 
 
 def test_finetune_trains_one_step_of_a_background_less_panoptic_task(handpan, tmp_path):
-    import importlib.util
+    from fmwiss_d2.engine.launch import argument_parser, main
 
     task_file = tmp_path / "handpan.yaml"
     task_file.write_text("name: handpan_yaml_2-2\ntrain: handpan_train\nval: handpan_val\nbackground: null\n"
                          "steps:\n  - [grass, cat]\n  - [sky, dog]\n")
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "tools", "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-    args = train_net.parse_args([
+    args = argument_parser().parse_args([
         "--config-file", os.path.join(ROOT, "configs", "shapes/deeplabv3_semantic.yaml"),
-        "INCREMENTAL.TASK", str(task_file), "INCREMENTAL.METHOD", "Finetune",
+        "INCREMENTAL.TASK", str(task_file), "METHOD.NAME", "Finetune",
         "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2",
         "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.ENABLED", "False", "INPUT.MIN_SIZE_TRAIN", "(32,)",
         "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"])
-    results = train_net.main(args)
+    results = main(args)
     res = results["sem_seg"] if "sem_seg" in results else results["handpan_yaml_2-2_overlap_step0_val"]["sem_seg"]
     assert {"mIoU_old", "mIoU_new", "mIoU_all"} <= set(res) and "IoU_background" not in res
     saved = tmp_path / "out" / "step0" / "inference" / "incremental_results_handpan_yaml_2-2_overlap_step0_val.json"

@@ -1,5 +1,5 @@
-"""tools/train_net.py end to end on a tiny world: exact resume, and 2 Gloo processes == 1 process."""
-import importlib.util
+"""Training end to end (what tools/train_net.py runs) on a tiny world: exact resume, and 2 Gloo processes ==
+1 process."""
 import json
 import os
 import subprocess
@@ -13,7 +13,6 @@ import torch
 from detectron2.engine import HookBase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.yaml")
 
 TINY_OPTS = [
@@ -25,10 +24,9 @@ TINY_OPTS = [
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("fmwiss_train_net", TRAIN_NET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from fmwiss_d2.engine import launch
+
+    return launch
 
 
 class _Crash(RuntimeError):
@@ -52,7 +50,7 @@ def _run(train_net, monkeypatch, out_dir, log, *, resume=False, crash_after=None
 
     orig = Trainer.build_hooks
     monkeypatch.setattr(Trainer, "build_hooks", lambda self: orig(self) + [_Recorder(log, crash_after)])
-    args = train_net.parse_args(["--config-file", CONFIG] + (["--resume"] if resume else [])
+    args = train_net.argument_parser().parse_args(["--config-file", CONFIG] + (["--resume"] if resume else [])
                                 + TINY_OPTS + ["OUTPUT_DIR", str(out_dir)])
     try:
         train_net.main(args)
@@ -82,9 +80,8 @@ def test_resume_continues_exactly(tiny_world, tmp_path, monkeypatch):
 
 _WRAPPER = """
 import json, sys
-sys.path.insert(0, {tools!r})
-import train_net
 from detectron2.engine import HookBase, launch
+from fmwiss_d2.engine import launch as train_net
 from detectron2.utils import comm
 from fmwiss_d2.data.datasets.shapes import WorldSpec, register_shapes
 from fmwiss_d2.engine import Trainer
@@ -103,7 +100,7 @@ _orig = Trainer.build_hooks
 Trainer.build_hooks = lambda self: _orig(self) + [Recorder()]
 
 if __name__ == "__main__":
-    args = train_net.parse_args(sys.argv[1:])
+    args = train_net.argument_parser().parse_args(sys.argv[1:])
     launch(train_net.main, args.num_gpus, dist_url="auto", args=(args,))
 """
 
@@ -112,7 +109,7 @@ def _run_processes(tiny_world, tmp_path, n):
     spec, cache, _ = tiny_world
     log = tmp_path / f"loss_{n}.jsonl"
     script = tmp_path / f"run_{n}.py"
-    script.write_text(textwrap.dedent(_WRAPPER.format(tools=os.path.join(ROOT, "tools"), spec=asdict(spec),
+    script.write_text(textwrap.dedent(_WRAPPER.format(spec=asdict(spec),
                                                       cache=cache, log=str(log))))
     # Same total batch; GroupNorm instead of BatchNorm (per-process batch statistics would differ), every pixel
     # instead of random points, and unit no-object weight so that the class CE is a plain mean: then the mean

@@ -13,15 +13,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/ (train_net, describe_task)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from tabulate import tabulate  # noqa: E402
 
-import train_net  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from fmwiss_d2 import add_fmwiss_config  # noqa: E402
 from fmwiss_d2.data.datasets.tasks import TASKS  # noqa: E402
+from fmwiss_d2.engine.launch import argument_parser, load_config, main as train_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.yaml")
@@ -48,14 +46,11 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     a = parser.parse_args(argv)
     summarize_world()
-    args = train_net.parse_args(["--config-file", a.config_file] + a.opts)
-    cfg = get_cfg()
-    add_fmwiss_config(cfg)
-    cfg.merge_from_file(a.config_file)
-    cfg.merge_from_list(a.opts)
+    args = argument_parser().parse_args(["--config-file", a.config_file] + a.opts)
+    cfg = load_config(a.config_file, a.opts)
     args.resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     t0 = time.time()
-    train_net.main(args)  # logs the metrics table at the end
+    train_main(args)  # logs the metrics table at the end
     print(f"\nTrained and evaluated in {(time.time() - t0) / 60:.1f} min; outputs in {cfg.OUTPUT_DIR}")
 
 

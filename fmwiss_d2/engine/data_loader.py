@@ -11,7 +11,29 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from detectron2.utils import comm
 
-__all__ = ["DeterministicBatchStream", "build_deterministic_train_loader"]
+__all__ = ["DeterministicBatchStream", "build_deterministic_train_loader", "training_records"]
+
+
+def training_records(cfg) -> List[Dict]:
+    """The records of ``DATASETS.TRAIN``; with ``INPUT.SUPERVISION image`` each carries ``image_labels`` in
+    model ids (kept when the dataset already gives them, e.g. an incremental step's; else read from the cached
+    per-image class table), which is all a weakly supervised run may learn from."""
+    from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
+
+    from ..data.datasets.tasks import dataset_image_labels
+
+    supervision = cfg.INPUT.SUPERVISION
+    if supervision not in ("pixel", "image"):
+        raise ValueError(f"INPUT.SUPERVISION must be 'pixel' or 'image', not '{supervision}'")
+    if supervision == "pixel":
+        return get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    records = []
+    for name in cfg.DATASETS.TRAIN:
+        part = DatasetCatalog.get(name)
+        if part and "image_labels" not in part[0]:
+            part = dataset_image_labels(name, part)
+        records.extend(part)
+    return records
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
+from detectron2.modeling import Backbone
 from detectron2.projects.deeplab.build_solver import build_lr_scheduler as build_poly_or_d2_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
@@ -13,19 +14,32 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.G
           nn.LayerNorm, nn.LocalResponseNorm)
 
 
+def lr_multipliers(model: nn.Module, backbone_multiplier: float) -> Dict[nn.Parameter, float]:
+    """Learning-rate factor of every parameter, found by module identity (never by name, which any wrapper
+    changes): x ``backbone_multiplier`` inside every detectron2 ``Backbone``, and x ``module.lr_multiplier``
+    inside every module that sets that attribute (a method's own part may ask for its own rate)."""
+    backbone = {p for m in model.modules() if isinstance(m, Backbone) for p in m.parameters()}  # nested: once
+    factor: Dict[nn.Parameter, float] = {p: float(backbone_multiplier) for p in backbone}
+    for module in model.modules():
+        mult = getattr(module, "lr_multiplier", None)
+        if mult is not None:
+            for p in module.parameters():
+                factor[p] = factor.get(p, 1.0) * float(mult)
+    return factor
+
+
 def param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
-    """One group per parameter: lr x ``BACKBONE_MULTIPLIER`` inside ``backbone``, weight decay
-    ``WEIGHT_DECAY_NORM`` for norm layers and ``WEIGHT_DECAY_EMBED`` for embeddings."""
+    """One group per parameter: lr x :func:`lr_multipliers`, weight decay ``WEIGHT_DECAY_NORM`` for norm layers
+    and ``WEIGHT_DECAY_EMBED`` for embeddings."""
     s = cfg.SOLVER
+    factor = lr_multipliers(model, s.BACKBONE_MULTIPLIER)
     groups, seen = [], set()
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or p in seen:
                 continue
             seen.add(p)
-            lr, wd = s.BASE_LR, s.WEIGHT_DECAY
-            if module_name.startswith("backbone") or module_name.startswith("module.backbone"):
-                lr = lr * s.BACKBONE_MULTIPLIER
+            lr, wd = s.BASE_LR * factor.get(p, 1.0), s.WEIGHT_DECAY
             if isinstance(module, _NORMS):
                 wd = s.WEIGHT_DECAY_NORM
             if isinstance(module, nn.Embedding) or "level_embed" in name:

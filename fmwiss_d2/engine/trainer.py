@@ -1,13 +1,13 @@
-"""The trainer used for every model, task and step: detectron2's DefaultTrainer with the data mapper, the
-evaluators and the optimizer chosen from the config through registries."""
+"""The trainer used for every model, method, task and step: detectron2's DefaultTrainer training a method
+(``METHOD.NAME``, which owns the model), with the data mapper, the evaluators and the optimizer chosen from the
+config through registries."""
 import logging
 import weakref
 from collections import OrderedDict
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.utils import comm
@@ -15,18 +15,29 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_evaluator, format_metrics_table
-from .data_loader import build_deterministic_train_loader
+from ..methods import build_method
+from .data_loader import build_deterministic_train_loader, training_records
+from .incremental import IncrementalCheckpointer, MethodState, allowed_steps, build_old_model, run_task, step_identity
 from .hooks import IterationSeedHook
 from .solver import build_lr_scheduler, build_optimizer
 
 __all__ = ["Trainer"]
 
 
+def unwrap(module):
+    """The module inside a DDP wrapper."""
+    return module.module if hasattr(module, "module") else module
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with: registry-chosen mappers (``INPUT.DATASET_MAPPER_NAME``) and evaluators
-    (``TEST.EVALUATOR_TYPES`` or the dataset's ``evaluator_type``); a training stream that resumes exactly
-    (see :mod:`fmwiss_d2.engine.data_loader`); DDP that works on CPU (Gloo) as well as on GPUs; AdamW/SGD with
-    Mask2Former's parameter groups and full-model gradient clipping; the poly schedule."""
+    """DefaultTrainer that trains a method (``METHOD.NAME``; with or without an incremental task), with:
+    registry-chosen mappers (``INPUT.DATASET_MAPPER_NAME``) and evaluators (``TEST.EVALUATOR_TYPES`` or the
+    dataset's ``evaluator_type``); a training stream that resumes exactly (see
+    :mod:`fmwiss_d2.engine.data_loader`); DDP that works on CPU (Gloo) as well as on GPUs; AdamW/SGD with
+    Mask2Former's parameter groups and full-model gradient clipping; the poly schedule.
+
+    Checkpoints hold the model as ``"model"`` (loadable by any detectron2 tool) and the method's own trainable
+    parts as ``"method"``; at an incremental step they are stamped with the task, step and classes."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -52,13 +63,36 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_method(cls, cfg, model):
+        task, step = run_task(cfg)
+        return build_method(cfg, model, task, step)
+
+    @classmethod
     def build_train_model(cls, cfg):
-        """The module trained (a method may pair the model with others, e.g. a frozen old model)."""
-        return cls.build_model(cfg)
+        """The module trained: the method around a new model, with the frozen previous-step model attached when
+        the method asks for one, and its other frozen parts prepared."""
+        method = cls.build_method(cfg, cls.build_model(cfg))
+        if method.needs_old_model and method.step > 0:
+            method.add_frozen("old_model", build_old_model(cfg, cls.build_model))
+        method.prepare_training(cfg)
+        return method
+
+    @classmethod
+    def checkpointer_for(cls, cfg, method, steps, **kwargs) -> IncrementalCheckpointer:
+        """Saves/loads ``method.model`` as ``"model"`` and the method's own parts as ``"method"``."""
+        return IncrementalCheckpointer(method.model, cfg.OUTPUT_DIR, identity=step_identity(cfg), allowed_steps=steps,
+                                       method=MethodState(method), **kwargs)
 
     def build_checkpointer(self, cfg, model):
-        """What checkpoints save and load (by default the whole trained module)."""
-        return DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return self.checkpointer_for(cfg, unwrap(model), allowed_steps(cfg), trainer=weakref.proxy(self))
+
+    @classmethod
+    def build_eval_model(cls, cfg, weights: str):
+        """The method around a model loaded from ``weights`` (and its own parts, when the file has them), in
+        eval mode; at an incremental step the file must be that step's checkpoint."""
+        method = cls.build_method(cfg, cls.build_model(cfg))
+        cls.checkpointer_for(cfg, method, {method.step}).load(weights)
+        return method.eval()
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -68,15 +102,18 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
+        method = unwrap(self._trainer.model)
+        if method.step > 0 and self.checkpointer.loaded_step == method.step - 1:  # a fresh start of this step
+            method.start_step()
+            logging.getLogger("detectron2").info("Step %d starts from step %d's model (%s)", method.step,
+                                                 method.step - 1, type(method).__name__)
         if self.start_iter > 0:  # continue the training stream where the checkpoint left it
             self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, start_iter=self.start_iter))
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
         mapper = build_dataset_mapper(cfg, is_train=True)
-        dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
+        dataset = training_records(cfg)
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_deterministic_train_loader(
             dataset, mapper, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, seed=seed, start_iter=start_iter,

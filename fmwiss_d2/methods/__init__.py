@@ -1,7 +1,8 @@
-"""Incremental-learning methods: strategies that turn (current model, frozen old model, batch) into losses.
-
-A method is registered in ``METHOD_REGISTRY`` and chosen with ``INCREMENTAL.METHOD``; it never modifies the
-models' code: it reuses their ``forward_outputs`` / ``prepare_targets`` / ``losses`` and the classifier.
+"""Methods: training regimes as registered ``nn.Module``\\ s that own the model they train, their trainable
+parts and their frozen ones (see :mod:`.base`). Chosen with ``METHOD.NAME``; a method never modifies the
+models' code: it uses the model-family contract of ``SegmentorBase``.
 """
-from .base import JOINT, METHOD_REGISTRY, IncrementalMethod, build_method  # noqa: F401
-from . import mib  # noqa: F401  (registers "mib")
+from .base import (  # noqa: F401
+    METHOD_REGISTRY, Finetune, Method, MethodConfigError, Supervised, build_method, cosine_schedule,
+)
+from . import mib  # noqa: F401  (registers "MiB")

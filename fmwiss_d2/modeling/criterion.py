@@ -87,9 +87,6 @@ class SetCriterion(nn.Module):
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
         self.num_points = num_points
-        # A method may replace the class term: called as class_loss(logits (N, K+1, Q), targets (N, Q),
-        # weight=(K+1,)) like F.cross_entropy (e.g. MiB's unbiased cross-entropy). None = cross-entropy.
-        self.class_loss = None
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
@@ -109,7 +106,9 @@ class SetCriterion(nn.Module):
             "num_aux": m.DEC_LAYERS - 1,
         }
 
-    def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+    def loss_labels(self, outputs, targets, indices, num_masks, class_loss=None) -> Dict[str, torch.Tensor]:
+        """``class_loss`` (default ``F.cross_entropy``) is called as ``class_loss(logits (N, K+1, Q), targets
+        (N, Q), weight=(K+1,))``; a method passes e.g. MiB's unbiased cross-entropy."""
         logits = outputs["pred_logits"].float()
         n, q, k1 = logits.shape
         empty_weight = self.empty_weight
@@ -119,8 +118,7 @@ class SetCriterion(nn.Module):
         target_classes = torch.full((n, q), k1 - 1, dtype=torch.int64, device=logits.device)
         for b, (t, (src, tgt)) in enumerate(zip(targets, indices)):
             target_classes[b, src.to(logits.device)] = t["labels"][tgt.to(t["labels"].device)].to(logits.device)
-        class_loss = self.class_loss or F.cross_entropy
-        loss = class_loss(logits.transpose(1, 2), target_classes, weight=empty_weight.to(logits))
+        loss = (class_loss or F.cross_entropy)(logits.transpose(1, 2), target_classes, weight=empty_weight.to(logits))
         return {"loss_ce": loss}
 
     def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
@@ -148,9 +146,9 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
 
-    def terms(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+    def terms(self, outputs, targets, indices, num_masks, class_loss=None) -> Dict[str, torch.Tensor]:
         """All loss terms of one prediction given its matching."""
-        losses = self.loss_labels(outputs, targets, indices, num_masks)
+        losses = self.loss_labels(outputs, targets, indices, num_masks, class_loss)
         losses.update(self.loss_masks(outputs, targets, indices, num_masks))
         return losses
 
@@ -161,17 +159,18 @@ class SetCriterion(nn.Module):
             torch.distributed.all_reduce(n)
         return torch.clamp(n / comm.get_world_size(), min=1).item()
 
-    def forward(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
+    def forward(self, outputs: Dict, targets: List[Dict], class_loss=None) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: ``pred_logits`` (N, Q, K+1), ``pred_masks`` (N, Q, h, w), optional ``aux_outputs``.
             targets: per image ``labels`` (M,) int64 and ``masks`` (M, H, W) in {0, 1}.
+            class_loss: replaces the class cross-entropy (see :meth:`loss_labels`).
         """
         num_masks = self.num_masks(targets, outputs["pred_logits"].device)
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self.terms(main, targets, self.matcher(main, targets), num_masks)
+        losses = self.terms(main, targets, self.matcher(main, targets), num_masks, class_loss)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                terms = self.terms(aux, targets, self.matcher(aux, targets), num_masks)
+                terms = self.terms(aux, targets, self.matcher(aux, targets), num_masks, class_loss)
                 losses.update({f"{k}_{i}": v for k, v in terms.items()})
         return losses

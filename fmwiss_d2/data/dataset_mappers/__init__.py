@@ -10,7 +10,10 @@ DATASET_MAPPER_REGISTRY.__doc__ = "Dataset mappers, called with (cfg, is_train).
 
 
 def build_dataset_mapper(cfg, is_train: bool, name: str = ""):
-    """The mapper named ``name`` (default ``cfg.INPUT.DATASET_MAPPER_NAME``)."""
+    """The mapper named ``name`` (default ``cfg.INPUT.DATASET_MAPPER_NAME``; for training with
+    ``INPUT.SUPERVISION image``, the image-label mapper, which never opens a mask)."""
+    if not name and is_train and cfg.INPUT.SUPERVISION == "image":
+        name = "image_labels"
     return DATASET_MAPPER_REGISTRY.get(name or cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train)
 
 
@@ -18,6 +21,7 @@ from .augmentations import build_augmentations  # noqa: E402
 from .instance import InstanceDatasetMapper  # noqa: E402
 from .panoptic import PanopticDatasetMapper  # noqa: E402
 from .semantic import SemanticDatasetMapper  # noqa: E402
+from .weak import ImageLabelDatasetMapper  # noqa: E402
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
@@ -26,4 +30,5 @@ __all__ = [
     "SemanticDatasetMapper",
     "PanopticDatasetMapper",
     "InstanceDatasetMapper",
+    "ImageLabelDatasetMapper",
 ]

@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from detectron2.utils.registry import Registry
 
 from ...utils.io import atomic_open, atomic_write_json
 
@@ -71,7 +72,7 @@ class IncrementalTask:
         return [c for s in self.steps for c in s.classes]
 
     def seen_classes(self, step: int) -> list[str]:
-        self._check_step(step)
+        self.check_step(step)
         return [c for s in self.steps[: step + 1] for c in s.classes]
 
     @property
@@ -88,7 +89,7 @@ class IncrementalTask:
         """Model ids of the classes learned before ``step`` (background excluded)."""
         return list(range(self.first_class_id, len(self.seen_classes(step)) - len(self.steps[step].classes)))
 
-    def _check_step(self, step: int) -> None:
+    def check_step(self, step: int) -> None:
         if not 0 <= step < self.num_steps:
             raise IndexError(
                 f"Step {step} is out of range for task '{self.name}', which has steps 0..{self.num_steps - 1}."
@@ -100,7 +101,7 @@ class IncrementalTask:
     # --------------------------------------------------------------------------------- the protocol
     def label_lut(self, step: int, split: str, dataset_classes: list[str]) -> np.ndarray:
         """uint8[256] mapping a base dataset's mask values to this step's labels (see module docstring)."""
-        self._check_step(step)
+        self.check_step(step)
         order = {c: i for i, c in enumerate(self.class_order)}
         keep = set(self.steps[step].classes) if split == "train" else set(self.seen_classes(step))
         lut = np.full(256, IGNORE_LABEL, np.uint8)
@@ -292,6 +293,28 @@ def image_class_table(dataset_name: str, records: list[dict], cache_dir: str | N
     return table
 
 
+def image_labels(values, lut: np.ndarray, background: int | None) -> list[int]:
+    """An image's labels in model ids: its mask values mapped by ``lut``, without ignored pixels (255) and the
+    background (implicit in every weakly supervised method). At a training step ``lut`` keeps only the
+    step's classes, so old and future classes never appear in its image labels."""
+    ids = {int(lut[v]) for v in values} - {IGNORE_LABEL}
+    return sorted(ids - ({background} if background is not None else set()))
+
+
+def dataset_image_labels(dataset_name: str, records: list[dict]) -> list[dict]:
+    """Records of any registered semantic dataset with ``image_labels`` (model ids), read from the cached
+    per-image class table (never from the mask files again); the dataset's ``label_lut`` applies when its
+    metadata has one, and class 0 is the background when the dataset calls it "background"."""
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    lut = np.asarray(meta.get("label_lut") or np.arange(256), dtype=np.int64)
+    classes = list(meta.get("stuff_classes") or [])
+    background = 0 if classes[:1] == ["background"] else None
+    table = image_class_table(dataset_name, records)
+    return [{**r, "image_labels": image_labels(v, lut, background)} for r, v in zip(records, table)]
+
+
 # ------------------------------------------------------------------------------------- registration
 TASKS: dict[str, IncrementalTask] = {}
 
@@ -316,11 +339,13 @@ def _load_step(task: IncrementalTask, setting: str, step: int, split: str, base:
             "semantic-segmentation dataset (e.g. register_sem_seg) or a COCO panoptic one (register_coco_panoptic)")
     classes = [task.canonical(c) for c in _catalog_classes(base)]
     table = image_class_table(base, records)
+    lut = task.label_lut(step, "train" if split == "train" else "val", _catalog_classes(base))
+    background = None if task.background is None else task.class_order.index(task.background)
     kept = []
     for record, values in zip(records, table):
         present = {classes[v] for v in values if v < len(classes)}
         if task.keep_image(present, step, split, setting):
-            kept.append(record)
+            kept.append({**record, "image_labels": image_labels(values, lut, background)})
     logger.info("%s: kept %d of %d images of %s", task.dataset_name(setting, step, split), len(kept), len(records), base)
     return kept
 
@@ -375,6 +400,69 @@ def resolve_task(name_or_file: str) -> IncrementalTask:
     if name_or_file.endswith((".yaml", ".yml")):
         return load_task_file(name_or_file)
     return get_task(name_or_file)
+
+
+# ------------------------------------------------------------------------------------ task transforms
+TASK_TRANSFORM_REGISTRY = Registry("TASK_TRANSFORM")
+TASK_TRANSFORM_REGISTRY.__doc__ = "Transforms of a task (what a run trains), chosen by INCREMENTAL.TRANSFORM."
+
+
+class TaskTransform:
+    """The identity: a run trains step k of the task and is evaluated after step k.
+
+    A transform changes what is trained while keeping what it is compared on; ``method`` names the method it
+    trains with (None: ``METHOD.NAME``)."""
+
+    method: str | None = None
+
+    def train_task(self, task: IncrementalTask) -> IncrementalTask:
+        return task
+
+    def train_step(self, task: IncrementalTask, step: int) -> int:
+        return step
+
+    def steps(self, task: IncrementalTask) -> list[int]:
+        """The steps of ``task`` a protocol runs (each is trained, then evaluated like that step)."""
+        return list(range(task.num_steps))
+
+    def folder(self, step: int) -> str:
+        return f"step{step}"
+
+
+@TASK_TRANSFORM_REGISTRY.register()
+class Joint(TaskTransform):
+    """The offline upper bound: every class of the task learned in one step (registered as ``{name}-joint``),
+    with fine-tuning, evaluated like the task's last step."""
+
+    method = "Finetune"
+
+    def train_task(self, task):
+        name = f"{task.name}-joint"
+        if name not in TASKS:
+            first, last = task.steps[0], task.steps[-1]
+            register_incremental_task(name, IncrementalTask(name, (TaskStep(tuple(task.class_order), first.train,
+                                                                            last.val),), task.settings,
+                                                                task.aliases, task.background))
+        return TASKS[name]
+
+    def train_step(self, task, step):
+        return 0
+
+    def steps(self, task):
+        return [task.num_steps - 1]
+
+    def folder(self, step):
+        return "joint"
+
+
+def get_task_transform(name: str) -> TaskTransform:
+    """The transform named ``name`` (``""``: the identity)."""
+    if not name:
+        return TaskTransform()
+    if name not in TASK_TRANSFORM_REGISTRY:
+        raise KeyError(f"INCREMENTAL.TRANSFORM '{name}' is not a registered task transform; choose one of "
+                       f"{sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)} or ''")
+    return TASK_TRANSFORM_REGISTRY.get(name)()
 
 
 def export_split(task: IncrementalTask, setting: str, step: int, split: str, path: str) -> int:

@@ -37,6 +37,19 @@ class IncrementalClassifier(nn.Module):
     def num_outputs(self) -> int:
         return self.num_classes + (1 if self.no_object is not None else 0)
 
+    def logit_layer(self, index: int):
+        """``(layer, row)``: the linear layer and its output row that produce logit ``index`` (negative indices
+        count from the end, as in the logits), so a method can re-initialise one class without knowing the
+        layout (e.g. MiB's background initialisation)."""
+        index = index % self.num_outputs
+        if index == self.num_classes:
+            return self.no_object, 0
+        for layer in self.cls:
+            if index < layer.out_features:
+                return layer, index
+            index -= layer.out_features
+        raise AssertionError("unreachable")
+
     def expand(self, num_new: int) -> nn.Linear:
         """Appends a group of ``num_new`` classes; returns the new layer (strategies may re-initialise it)."""
         ref = self.cls[0].weight

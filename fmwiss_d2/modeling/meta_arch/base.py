@@ -1,5 +1,6 @@
-"""What every meta-architecture of this project shares: input normalisation and padding."""
-from typing import Dict, List, Sequence
+"""What every meta-architecture of this project shares: input normalisation and padding, and the contract a
+method may rely on (the same calls on a mask-classification and a per-pixel model)."""
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -7,11 +8,29 @@ from torch import nn
 from detectron2.structures import ImageList
 
 
+ClassLoss = Callable[..., torch.Tensor]
+
+
 class SegmentorBase(nn.Module):
     """Holds the backbone, ``pixel_mean``/``pixel_std`` buffers and ``size_divisibility`` (the given one, or the
     backbone's when it is <= 0); turns detectron2's batched inputs into a normalised, padded
-    :class:`ImageList` (:meth:`preprocess_images`); ``forward`` chains the stages a subclass defines
-    (``forward_outputs``, ``prepare_targets``, ``losses``, ``inference``), which methods reuse one by one."""
+    :class:`ImageList` (:meth:`preprocess_images`); ``forward`` chains the stages a subclass defines.
+
+    What a method may call, on either model family (nothing else; a method never branches on the family):
+
+    * :meth:`features` -- the backbone's feature maps;
+    * :meth:`forward_outputs` -- raw predictions; ``outputs["pred_logits"]`` holds the class logits with the
+      class axis at :attr:`class_dim`;
+    * :meth:`per_pixel_scores` -- per-pixel class probabilities ``(N, K, h, w)`` over the K real classes;
+    * :meth:`prepare_targets` and :meth:`losses`, with an injectable class loss (same call as
+      ``F.cross_entropy``: class axis 1, keyword ``weight`` and/or ``ignore_index``);
+    * :attr:`background_logits` -- the logits that mean "none of this step's foreground classes" (an
+      unbiased loss lets them absorb old classes) and :attr:`distillation_background` -- the old model's logit
+      that distillation compares with the new background plus the new classes;
+    * :meth:`inference`.
+    """
+
+    class_dim: int = 1  # axis of the class logits in outputs["pred_logits"]
 
     def __init__(self, *, backbone: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float],
                  size_divisibility: int):
@@ -28,6 +47,25 @@ class SegmentorBase(nn.Module):
     def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The backbone's feature maps of a normalised, padded batch (e.g. for a method's own heads)."""
+        return self.backbone(images)
+
+    def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
+        """Per-pixel class probabilities ``(N, K, h, w)`` (K real classes) at the outputs' resolution."""
+        raise NotImplementedError
+
+    @property
+    def background_logits(self) -> Tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def distillation_background(self) -> int:
+        raise NotImplementedError
+
+    def losses(self, outputs: Dict, targets, class_loss: Optional[ClassLoss] = None) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def forward(self, batched_inputs: List[Dict]):
         """Training: dict of weighted losses. Inference: one result dict per image."""

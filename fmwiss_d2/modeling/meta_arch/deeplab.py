@@ -1,5 +1,5 @@
 """Per-pixel DeepLabV3 meta-architecture (ResNet, output stride 16, ASPP head)."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..heads.classifier import IncrementalClassifier
-from .base import SegmentorBase
+from .base import ClassLoss, SegmentorBase
 
 __all__ = ["DeepLabV3"]
 
@@ -90,14 +90,29 @@ class DeepLabV3(SegmentorBase):
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return {"pred_logits": logits, "features": features}
 
+    def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
+        """Softmax of the per-pixel logits."""
+        return outputs["pred_logits"].float().softmax(1)
+
+    @property
+    def background_logits(self) -> Tuple[int, ...]:
+        """The background class (id 0)."""
+        return (0,)
+
+    @property
+    def distillation_background(self) -> int:
+        return 0
+
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
         """(N, H_pad, W_pad) int64 labels, padding = ignore."""
         sem = [x["sem_seg"].to(self.device) for x in batched_inputs]
         return ImageList.from_tensors(sem, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
 
-    def losses(self, outputs: Dict, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``loss_sem_seg = loss_weight * mean over non-ignored pixels of CE(logits(x), y(x))``."""
-        loss = F.cross_entropy(outputs["pred_logits"].float(), targets, ignore_index=self.ignore_value)
+    def losses(self, outputs: Dict, targets: torch.Tensor, class_loss: Optional[ClassLoss] = None
+               ) -> Dict[str, torch.Tensor]:
+        """``loss_sem_seg = loss_weight * mean over non-ignored pixels of CE(logits(x), y(x))``; ``class_loss``
+        replaces the cross-entropy (called like ``F.cross_entropy`` with ``ignore_index``)."""
+        loss = (class_loss or F.cross_entropy)(outputs["pred_logits"].float(), targets, ignore_index=self.ignore_value)
         return {"loss_sem_seg": loss * self.loss_weight}
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:

@@ -1,5 +1,5 @@
 """Mask-classification meta-architecture (Mask2Former design)."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 
 from ..criterion import build_criterion
-from .base import SegmentorBase
+from .base import ClassLoss, SegmentorBase
 from ..matcher import build_matcher
 from ..pixel_decoder import build_pixel_decoder
 from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
@@ -109,6 +109,25 @@ class MaskFormer(SegmentorBase):
         """The :class:`IncrementalClassifier` producing the class logits."""
         return self.transformer_decoder.class_embed
 
+    class_dim = -1  # pred_logits: (N, Q, K+1)
+
+    def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
+        """Mask2Former's semantic inference ``S_k(x) = sum_q softmax(cls_q)_k * sigmoid(m_q(x))`` (no-object
+        dropped), at the masks' resolution."""
+        probs = F.softmax(outputs["pred_logits"].float(), dim=-1)[..., :-1]
+        return torch.einsum("nqc,nqhw->nchw", probs, outputs["pred_masks"].float().sigmoid())
+
+    @property
+    def background_logits(self) -> Tuple[int, ...]:
+        """The background class (id 0) and "no object" (the last logit): an unmatched query may be an old object
+        that the step's labels call background (CoMFormer)."""
+        return (0, self.classifier.num_classes)
+
+    @property
+    def distillation_background(self) -> int:
+        """Old "no object" <-> new "no object" + new classes (CoMFormer)."""
+        return -1
+
     def forward_outputs(self, images: torch.Tensor) -> Dict:
         """Raw predictions for a normalised, padded batch (N, 3, H, W): ``pred_logits`` (N, Q, K+1),
         ``pred_masks`` (N, Q, H/4, W/4), ``pred_embeddings`` and ``aux_outputs``."""
@@ -128,9 +147,10 @@ class MaskFormer(SegmentorBase):
             targets.append({"labels": gt.gt_classes, "masks": padded})
         return targets
 
-    def losses(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
-        """Weighted criterion terms."""
-        raw = self.criterion(outputs, targets)
+    def losses(self, outputs: Dict, targets: List[Dict], class_loss: Optional[ClassLoss] = None
+               ) -> Dict[str, torch.Tensor]:
+        """Weighted criterion terms; ``class_loss`` replaces the class cross-entropy (see the criterion)."""
+        raw = self.criterion(outputs, targets, class_loss=class_loss)
         weights = self.criterion.weight_dict
         return {k: v * weights.get(k, weights.get(k.rsplit("_", 1)[0], 1.0)) for k, v in raw.items()}
 

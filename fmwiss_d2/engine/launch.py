@@ -1,0 +1,65 @@
+"""What ``tools/train_net.py`` does, as library functions: build the config of a run, then train or evaluate it."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_fmwiss_config
+from ..data.datasets.shapes import register_shapes_from_cfg
+from .incremental import configure_step
+from .trainer import Trainer, default_device_check
+
+__all__ = ["argument_parser", "setup", "main", "launch_main"]
+
+
+def argument_parser(description: str | None = None):
+    """detectron2's argument parser (``--config-file``, ``--resume``, ``--eval-only``, ``--num-gpus``, opts)."""
+    parser = default_argument_parser()
+    if description:
+        parser.description = description
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def load_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
+    """The config of a run before ``configure_step``: defaults + file + command-line options."""
+    cfg = get_cfg()
+    add_fmwiss_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    register_shapes_from_cfg(cfg)
+    return cfg
+
+
+def setup(args):
+    """The frozen config of a run (task step resolved, device checked), with logging set up."""
+    cfg = load_config(args.config_file, args.opts)
+    configure_step(cfg, eval_only=args.eval_only)
+    default_device_check(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fmwiss_d2", abbrev_name="fmwiss")
+    return cfg
+
+
+def main(args):
+    """Trains (or, with ``--eval-only``, evaluates) one run; returns the evaluation results."""
+    cfg = setup(args)
+    if args.eval_only:
+        return Trainer.test(cfg, Trainer.build_eval_model(cfg, cfg.MODEL.WEIGHTS))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    return getattr(trainer, "_last_eval_results", None)  # Trainer.test has logged them as a table
+
+
+def launch_main(args):
+    """:func:`main` in ``args.num_gpus`` processes (detectron2's launcher)."""
+    logging.getLogger("fmwiss_d2").info("Command line arguments: %s", args)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))

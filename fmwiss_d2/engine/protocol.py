@@ -1,0 +1,186 @@
+"""Protocols as ordered stages: each stage writes its outputs into its folder and is skipped once finished.
+
+A stage is finished when its stamp ``<folder>/stage.json`` exists, names the same stage and key, and every
+output it lists exists. The stamp is written (atomically) only after the stage's function returned, so an
+interrupted stage runs again (and resumes from its own checkpoints). Examples: an incremental protocol (one
+stage per step and method, step 0 shared), pseudo-label generation then training, PADing's three stages.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence
+
+from tabulate import tabulate
+
+from ..utils.io import atomic_write_json
+
+logger = logging.getLogger("fmwiss_d2.protocol")
+
+STAMP = "stage.json"
+
+
+@dataclass(eq=False)
+class Stage:
+    """One unit of a protocol. ``run()`` produces ``outputs`` (paths, relative to ``folder`` or absolute);
+    ``key`` is what defines them (e.g. the options the stage is run with): a different key reruns the stage."""
+
+    name: str
+    folder: str
+    run: Callable[[], object]
+    outputs: Sequence[str] = ()
+    key: Dict = field(default_factory=dict)
+
+    def output_paths(self) -> List[str]:
+        return [os.path.join(self.folder, p) for p in self.outputs]
+
+    def stamp(self) -> dict:
+        return {"stage": self.name, "key": json.loads(json.dumps(self.key, default=str))}
+
+    def is_finished(self) -> bool:
+        path = os.path.join(self.folder, STAMP)
+        if not os.path.isfile(path):
+            return False
+        try:
+            with open(path) as f:
+                stamp = json.load(f)
+        except (OSError, ValueError):
+            return False
+        same = {k: stamp.get(k) for k in ("stage", "key")} == self.stamp()
+        return same and all(os.path.exists(p) for p in self.output_paths())
+
+
+def run_stages(stages: Sequence[Stage]) -> List[str]:
+    """Runs the unfinished stages in order; returns, per stage, "ran" or "skipped"."""
+    status = []
+    for stage in stages:
+        if stage.is_finished():
+            logger.info("stage %s (%s) is finished: skipped", stage.name, stage.folder)
+            status.append("skipped")
+            continue
+        logger.info("stage %s (%s): running", stage.name, stage.folder)
+        start = time.time()
+        stage.run()
+        missing = [p for p in stage.output_paths() if not os.path.exists(p)]
+        if missing:
+            raise RuntimeError(f"stage {stage.name} finished without writing {missing}")
+        atomic_write_json(os.path.join(stage.folder, STAMP),
+                          {**stage.stamp(), "outputs": list(stage.outputs), "seconds": round(time.time() - start, 1)},
+                          indent=1)
+        status.append("ran")
+    return status
+
+
+# ------------------------------------------------------------------------------------ incremental protocol
+def resolve_variant(name: str):
+    """``(method, transform)`` of a ``--methods`` entry: a registered method (identity transform), or a
+    registered task transform with the method it trains with (e.g. "Joint" -> Finetune). Unknown names raise,
+    listing both registries."""
+    from ..data.datasets.tasks import TASK_TRANSFORM_REGISTRY, get_task_transform
+    from ..methods import METHOD_REGISTRY
+
+    if name in METHOD_REGISTRY:
+        return name, ""
+    if name in TASK_TRANSFORM_REGISTRY:
+        return get_task_transform(name).method, name
+    raise KeyError(f"'{name}' is neither a method ({sorted(k for k, _ in METHOD_REGISTRY)}) nor a task transform "
+                   f"({sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)})")
+
+
+def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> List[tuple]:
+    """``(variant, step, stage, results file)`` for every step of every variant; step 0 is shared by the
+    variants that train it the same way (the identity transform), so it runs once."""
+    from ..data.datasets.tasks import get_task_transform, resolve_task
+    from ..evaluation.incremental import results_path
+
+    task = resolve_task(cfg.INCREMENTAL.TASK)
+    setting = cfg.INCREMENTAL.SETTING
+    root = os.path.join(cfg.OUTPUT_DIR, f"{task.name}_{setting}")
+    plan, shared = [], {}
+    for variant in variants:
+        method, transform_name = resolve_variant(variant)
+        transform = get_task_transform(transform_name)
+        out_root = os.path.join(root, variant)
+        for k in transform.steps(task):
+            dataset = task.dataset_name(setting, k, task.steps[k].val[0][0])
+            opts = ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k), "METHOD.NAME", method,
+                    "INCREMENTAL.TRANSFORM", transform_name]
+            if k == 0 and not transform_name:  # the base step: the same for every method
+                out = root
+                opts[opts.index("METHOD.NAME") + 1] = "Finetune"
+            else:
+                out = out_root
+                if k == 1 and not transform_name:
+                    opts += ["INCREMENTAL.PREVIOUS_WEIGHTS", os.path.join(root, "step0", "model_final.pth")]
+            folder = os.path.join(out, transform.folder(k))
+            opts += ["OUTPUT_DIR", out]
+            result = results_path(os.path.join(folder, "inference"), dataset)
+            if folder not in shared:
+                shared[folder] = Stage(f"{variant}/step{k}" if out != root else f"step{k}", folder,
+                                       run=lambda o=opts, f=folder: train(args, o, f),
+                                       outputs=("model_final.pth", os.path.relpath(result, folder)),
+                                       key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts})
+            plan.append((variant, k, shared[folder], result))
+    return plan
+
+
+def train_step(args, opts, folder: str) -> None:
+    """Trains one step (writing into ``folder``) through :func:`fmwiss_d2.engine.launch.main` in
+    ``args.num_gpus`` processes; resumes when the folder holds an interrupted run's checkpoint."""
+    from detectron2.engine import launch
+
+    from .launch import main
+
+    step_args = copy.copy(args)
+    step_args.opts = list(args.opts) + list(opts)
+    step_args.resume = args.resume or os.path.isfile(os.path.join(folder, "last_checkpoint"))
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(step_args,))
+
+
+def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_step) -> dict:
+    """Every step of ``INCREMENTAL.TASK`` for each of ``methods`` (default ``METHOD.NAME``), then the comparison
+    (``summary.{json,csv,png}`` in ``OUTPUT_DIR/<task>_<setting>``, and a table on stdout). Every name is checked
+    before anything trains."""
+    from ..data.datasets.tasks import resolve_task
+    from ..evaluation.incremental import forgetting, plot_steps, write_summary
+    from .launch import load_config
+
+    cfg = load_config(args.config_file, args.opts)
+    if not cfg.INCREMENTAL.TASK:
+        raise ValueError("an incremental protocol needs INCREMENTAL.TASK (in the config file or as "
+                         "'INCREMENTAL.TASK name')")
+    variants = list(methods) or [cfg.METHOD.NAME]
+    for v in variants:
+        resolve_variant(v)
+    task = resolve_task(cfg.INCREMENTAL.TASK)
+    setting = cfg.INCREMENTAL.SETTING
+    root = os.path.join(cfg.OUTPUT_DIR, f"{task.name}_{setting}")
+    plan = incremental_stages(args, cfg, variants, train)
+    run_stages(list(dict.fromkeys(stage for _, _, stage, _ in plan)))
+    rows, per_class = [], {}
+    for variant, k, _, result in plan:
+        with open(result) as f:
+            res = json.load(f)
+        m = res["metrics"]
+        rows.append({"method": variant, "step": k, **{key: m.get(key) for key in
+                                                       ("mIoU_old", "mIoU_new", "mIoU_all", "IoU_background")}})
+        per_class.setdefault(variant, []).append(
+            {c: m.get(f"IoU-{c}") for c in res["classes"] if m.get(f"IoU-{c}") is not None})
+    summary = {"task": task.name, "setting": setting, "steps": rows,
+               "forgetting": {v: forgetting(steps) for v, steps in per_class.items()}}
+    atomic_write_json(os.path.join(root, "summary.json"), summary, indent=1, default=lambda x: None)
+    write_summary(rows, os.path.join(root, "summary.csv"))
+    plot_steps(rows, os.path.join(root, "summary.png"), title=f"{task.name} ({setting})")
+    last = task.num_steps - 1
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.1f}"  # noqa: E731
+    table = tabulate([[r["method"], fmt(r["mIoU_old"]), fmt(r["mIoU_new"]), fmt(r["mIoU_all"]),
+                       fmt(r["IoU_background"])] for r in rows if r["step"] == last],
+                     headers=["method", "old (1..base)", "new", "all", "background"], tablefmt="github")
+    print(f"\n{task.name} ({setting}), after the last step (mIoU %):\n{table}\n\n"
+          f"Written to {root}/summary.{{csv,json,png}}")
+    return summary
