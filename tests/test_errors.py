@@ -89,3 +89,17 @@ def test_registry_get_lists_valid_names_and_the_config_key():
     assert str(e.value) == ("MODEL.THING: unknown name 'gamma'; registered: alpha, beta. "
                             "Set MODEL.THING to one of these.")
     assert isinstance(e.value, KeyError) and isinstance(e.value, UserError)
+
+
+def test_the_users_errors_share_one_base_and_keep_their_builtin_one():
+    from fmwiss_d2.data.datasets.panoptic_to_semantic import PanopticBaseError
+    from fmwiss_d2.data.datasets.tasks import TaskDefinitionError
+    from fmwiss_d2.engine.checkpoint import CheckpointMismatchError, DamagedCheckpointError
+    from fmwiss_d2.engine.lock import OutputDirLockedError
+    from fmwiss_d2.modeling.foundation.checkpoint import CheckpointMismatchError as FoundationMismatch
+
+    assert FoundationMismatch is CheckpointMismatchError  # one class per meaning
+    for cls, builtin in [(TaskDefinitionError, ValueError), (PanopticBaseError, ValueError),
+                         (CheckpointMismatchError, ValueError), (DamagedCheckpointError, RuntimeError),
+                         (OutputDirLockedError, RuntimeError), (DamagedCacheError, RuntimeError)]:
+        assert issubclass(cls, UserError) and issubclass(cls, builtin), cls

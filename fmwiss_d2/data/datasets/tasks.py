@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...utils.errors import UserError
 from ...utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ SETTINGS = ("overlap", "disjoint")
 IGNORE_LABEL = 255
 
 
-class TaskDefinitionError(ValueError):
+class TaskDefinitionError(UserError, ValueError):
     """A task definition is malformed; the message names the offending entry."""
 
 
