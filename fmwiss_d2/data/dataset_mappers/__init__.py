@@ -5,13 +5,16 @@ with ``@configurable``). The trainer never branches on the mapper's kind.
 """
 from detectron2.utils.registry import Registry
 
+from ...utils.errors import registry_get
+
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = "Dataset mappers, called with (cfg, is_train)."
 
 
 def build_dataset_mapper(cfg, is_train: bool, name: str = ""):
     """The mapper named ``name`` (default ``cfg.INPUT.DATASET_MAPPER_NAME``)."""
-    return DATASET_MAPPER_REGISTRY.get(name or cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train)
+    return registry_get(DATASET_MAPPER_REGISTRY, name or cfg.INPUT.DATASET_MAPPER_NAME, "INPUT.DATASET_MAPPER_NAME")(
+        cfg, is_train)
 
 
 from .augmentations import build_augmentations  # noqa: E402
