@@ -1,5 +1,6 @@
 """Dataset mappers on hand-made files, and the deterministic training stream."""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -68,3 +69,43 @@ def test_stream_shards_and_resumes():
     assert sorted(x[0] for x in one[0] + one[1] + one[2][:2]) == list(range(10))  # ... a permutation per epoch
     resumed = iter(_stream(0, 1, 4, start_iter=2))
     assert next(resumed) == one[2]
+
+
+def _truncated_copy(src, dst):
+    data = open(src, "rb").read()
+    open(dst, "wb").write(data[: len(data) // 2])
+
+
+def test_unreadable_files_are_named_with_their_record(tmp_path):
+    from fmwiss_d2.data.dataset_mappers.base import ImageReadError, read_label_map
+    from fmwiss_d2.utils.errors import DamagedCacheError
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "im.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "pan.png")
+    Image.fromarray(rng.integers(0, 5, (32, 32), dtype=np.uint8)).save(tmp_path / "sem.png")
+    for name in ("im.jpg", "pan.png", "sem.png"):
+        _truncated_copy(tmp_path / name, tmp_path / f"cut_{name}")
+    record = {"file_name": str(tmp_path / "cut_im.jpg"), "height": 32, "width": 32, "image_id": 17}
+
+    mapper = SemanticDatasetMapper(True, augmentations=[], image_format="RGB", ignore_label=255)
+    with pytest.raises(ImageReadError, match=r"cut_im\.jpg.*record 17.*truncated") as e:
+        mapper(dict(record, sem_seg_file_name=str(tmp_path / "sem.png")))
+    assert isinstance(e.value, DamagedCacheError)
+    pan_record = dict(record, file_name=str(tmp_path / "im.jpg"), pan_seg_file_name=str(tmp_path / "cut_pan.png"),
+                      segments_info=[])
+    with pytest.raises(ImageReadError, match=r"cut_pan\.png.*record 17"):
+        PanopticDatasetMapper(True, augmentations=[], image_format="RGB", ignore_label=255)(pan_record)
+    with pytest.raises(ImageReadError, match=r"cut_sem\.png.*record 'x'"):
+        read_label_map(str(tmp_path / "cut_sem.png"), record_id="x")
+    with pytest.raises(ImageReadError, match=r"gone\.png.*missing"):
+        read_label_map(str(tmp_path / "gone.png"))
+    assert read_label_map(str(tmp_path / "sem.png")).tolist() == np.array(Image.open(tmp_path / "sem.png")).tolist()
+
+
+def test_unknown_mapper_name_lists_the_registered_ones():
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from fmwiss_d2.utils.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="INPUT.DATASET_MAPPER_NAME: unknown name 'semantik'.*per_pixel_semantic"):
+        build_dataset_mapper(None, True, name="semantik")

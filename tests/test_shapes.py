@@ -27,7 +27,7 @@ def test_byte_identical_for_same_seed_and_size(tmp_path):
     a = ensure_world(spec, str(tmp_path / "a"), workers=1)
     b = ensure_world(spec, str(tmp_path / "b"), workers=2)
     assert _digest(a) == _digest(b)
-    assert len(_digest(a)) == 3 * 9 + 6 + 1  # 3 files per image + 6 json + world.json
+    assert len(_digest(a)) == 3 * 9 + 6 + 2  # 3 files per image + 6 json + world.json + manifest.json
 
 
 def test_other_seed_or_size_gives_other_folder_and_content(tmp_path):
@@ -224,3 +224,56 @@ def test_world_spec_rejects_bad_layout_and_object_counts():
         WorldSpec(layout="photo")
     with pytest.raises(ValueError, match="min_objects <= max_objects"):
         WorldSpec(min_objects=3, max_objects=2)
+
+
+# ------------------------------------------------------------------------------------------ self-check
+def _small_world(tmp_path):
+    spec = WorldSpec(seed=5, image_size=32, num_train=4, num_val=2)
+    return spec, str(tmp_path), ensure_world(spec, str(tmp_path), workers=1)
+
+
+def test_manifest_lists_every_file_with_its_size(tmp_path):
+    _, _, root = _small_world(tmp_path)
+    manifest = json.load(open(os.path.join(root, "manifest.json")))["files"]
+    on_disk = {os.path.relpath(os.path.join(d, f), root): os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(root) for f in files if f != "manifest.json"}
+    assert manifest == on_disk and len(manifest) == 3 * 6 + 6 + 1
+
+
+@pytest.mark.parametrize("damage", ["truncate_jpg", "truncate_png", "delete_mask"])
+def test_damaged_world_is_reported_naming_the_file(tmp_path, damage):
+    from fmwiss_d2.utils.errors import DamagedCacheError
+
+    spec, cache, root = _small_world(tmp_path)
+    rel = {"truncate_jpg": "images/train/000002.jpg", "truncate_png": "panoptic/val/000001.png",
+           "delete_mask": "sem_seg/val/000001.png"}[damage]
+    path = os.path.join(root, rel)
+    if damage == "delete_mask":
+        os.remove(path)
+    else:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(DamagedCacheError) as e:
+        shapes.load_shapes_sem_seg(spec, "train", cache)
+    msg = str(e.value)
+    assert rel in msg and ("missing" if damage == "delete_mask" else "bytes, expected") in msg
+    assert f"rm -rf '{root}'" in msg
+
+
+def test_world_without_manifest_is_checked_in_full_once(tmp_path):
+    from fmwiss_d2.utils.errors import DamagedCacheError
+
+    spec, cache, root = _small_world(tmp_path)
+    manifest = os.path.join(root, "manifest.json")
+    original = open(manifest).read()
+    os.remove(manifest)  # a world generated before manifests existed
+    assert ensure_world(spec, cache) == root
+    assert open(manifest).read() == original  # adopted: the same manifest generation writes
+
+    os.remove(manifest)
+    path = os.path.join(root, "images", "val", "000001.jpg")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(DamagedCacheError, match=r"images/val/000001\.jpg unreadable"):
+        ensure_world(spec, cache)
+    assert not os.path.exists(manifest)  # a damaged world is never blessed with a manifest

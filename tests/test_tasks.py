@@ -89,6 +89,22 @@ def test_other_malformed_fields(handmade):
         task_from_dict("bad", {**base, "train": "nowhere"})
 
 
+@pytest.mark.parametrize("field,message", [
+    ({"steps": "abc"}, "'steps' expects a list, e.g. [[background, disc], [square]], not str 'abc'"),
+    ({"steps": [["background", "a", "b"], "cd"]}, "step 1 expects a list, e.g. [disc, square], not str 'cd'"),
+    ({"steps": [["background", "a", "b"], {"classes": "cd"}]}, "'classes' of step 1 expects a list"),
+    ({"settings": "overlap"}, "'settings' expects a list, e.g. [overlap, disjoint], not str 'overlap'"),
+    ({"aliases": ["a", "b"]}, "'aliases' expects a mapping {dataset class: task class}"),
+    ({"background": ["background"]}, "'background' must be a class name or null"),
+])
+def test_a_string_where_a_list_belongs_is_refused(handmade, field, message):
+    """Strings are iterable: without a type check "abc" would be read as the classes 'a', 'b', 'c'."""
+    spec = {"train": "handmade_train", "val": "handmade_val", "steps": [["background", "a", "b"], ["c", "d"]]}
+    with pytest.raises(TaskDefinitionError) as e:
+        task_from_dict("bad", {**spec, **field})
+    assert message in str(e.value) and "task 'bad'" in str(e.value)
+
+
 def test_unknown_task_and_step_out_of_range(handmade):
     with pytest.raises(KeyError, match="Unknown incremental task 'voc_16-4'.*shapes_6-4"):
         get_task("voc_16-4")

@@ -5,6 +5,8 @@ with ``@configurable``). The trainer never branches on the mapper's kind.
 """
 from detectron2.utils.registry import Registry
 
+from ...utils.errors import registry_get
+
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = "Dataset mappers, called with (cfg, is_train)."
 
@@ -14,7 +16,8 @@ def build_dataset_mapper(cfg, is_train: bool, name: str = ""):
     ``INPUT.SUPERVISION image``, the image-label mapper, which never opens a mask)."""
     if not name and is_train and cfg.INPUT.SUPERVISION == "image":
         name = "image_labels"
-    return DATASET_MAPPER_REGISTRY.get(name or cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train)
+    return registry_get(DATASET_MAPPER_REGISTRY, name or cfg.INPUT.DATASET_MAPPER_NAME, "INPUT.DATASET_MAPPER_NAME")(
+        cfg, is_train)
 
 
 from .augmentations import build_augmentations  # noqa: E402

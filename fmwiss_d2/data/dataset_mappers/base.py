@@ -1,4 +1,8 @@
-"""What every mapper does first: read the image, augment it together with a per-pixel label map, pad both."""
+"""What every mapper does first: read the image, augment it together with a per-pixel label map, pad both.
+
+Files are read through :func:`read_image_file` / :func:`read_label_map`, so that a missing, truncated or
+corrupt file raises :class:`ImageReadError` naming it and its record, not a bare PIL error from a worker.
+"""
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -8,7 +12,31 @@ from torch.nn import functional as F
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ...utils.errors import DamagedCacheError
 from .augmentations import build_augmentations
+
+
+class ImageReadError(DamagedCacheError):
+    """An image or label file of a dataset record cannot be read; the message names the file and the record."""
+
+
+def read_image_file(path: str, format: Optional[str] = None, record_id=None) -> np.ndarray:
+    """``detection_utils.read_image(path, format)``; PIL and OS failures raise :class:`ImageReadError` naming
+    ``path`` and ``record_id``."""
+    try:
+        return utils.read_image(path, format=format)
+    except (OSError, SyntaxError) as e:  # PIL: OSError (missing, truncated, unidentified), SyntaxError (broken PNG)
+        raise ImageReadError(
+            f"cannot read {path!r} (dataset record {record_id!r}): {e}. The file is missing, truncated or not an "
+            "image: regenerate the dataset (for the synthetic world, delete its folder; it is generated again) "
+            "or check the dataset's files."
+        ) from e
+
+
+def read_label_map(path: str, record_id=None) -> np.ndarray:
+    """A label PNG (semantic mask) as an int64 (H, W) array; of a multi-channel file, the first channel."""
+    labels = read_image_file(path, record_id=record_id).astype("int64")
+    return labels[..., 0] if labels.ndim == 3 else labels
 
 
 def common_mapper_args(cfg, is_train: bool, *, category_crop: bool = True) -> Dict:
@@ -39,7 +67,7 @@ class ImageMapperBase:
         ``label_map`` (float array: resizing needs one; nearest interpolation keeps integers exact) gets the
         image's geometric augmentations and is padded with ``label_fill``; the image is padded with 0 up to a
         multiple of ``size_divisibility``."""
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], self.image_format, dataset_dict.get("image_id"))
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image, sem_seg=label_map)
         transforms = self.augmentations(aug_input)

@@ -5,13 +5,12 @@ from typing import Dict, List
 import torch
 
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ..datasets.coco import rgb_to_panoptic_id
 from . import DATASET_MAPPER_REGISTRY
-from .base import ImageMapperBase, common_mapper_args
+from .base import ImageMapperBase, common_mapper_args, read_image_file
 
 __all__ = ["PanopticDatasetMapper"]
 
@@ -41,7 +40,8 @@ class PanopticDatasetMapper(ImageMapperBase):
         dataset_dict = copy.deepcopy(dataset_dict)
         pan = None
         if self.is_train and "pan_seg_file_name" in dataset_dict:
-            pan = rgb_to_panoptic_id(utils.read_image(dataset_dict.pop("pan_seg_file_name"), "RGB")).astype("double")
+            rgb = read_image_file(dataset_dict.pop("pan_seg_file_name"), "RGB", dataset_dict.get("image_id"))
+            pan = rgb_to_panoptic_id(rgb).astype("double")
         image, pan, _, _ = self.read_augment_pad(dataset_dict, pan, label_fill=0)  # segment id 0: no segment
         dataset_dict["image"] = image
         if pan is None:

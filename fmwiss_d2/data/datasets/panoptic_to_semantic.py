@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from ...utils.errors import UserError
 from ...utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 IGNORE_LABEL = 255
 
 
-class PanopticBaseError(ValueError):
+class PanopticBaseError(UserError, ValueError):
     """A panoptic dataset cannot be read as a semantic base; the message names the dataset and the fix."""
 
 

@@ -15,6 +15,7 @@ Layout of a generated world (all under one folder, named by seed, size and count
     annotations/panoptic_{split}.json      COCO panoptic annotations (things 1..10, stuff 11..14)
     annotations/labels_{split}.json        image-level labels and one caption per image
     world.json                             the generator's parameters and version
+    manifest.json                          every other file with its size (see check_world)
 
 Every image is drawn from its own random stream (seed, split, index), so the files are byte-identical for
 the same parameters and a validation image does not change when the training-set size does.
@@ -31,7 +32,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from ...utils.io import atomic_directory
+from ...utils.errors import DamagedCacheError
+from ...utils.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -380,9 +382,11 @@ def ensure_world(spec: WorldSpec, cache_dir: str | None = None, workers: int | N
 
     Generation happens in a temporary sibling folder that is renamed into place at the end, so an
     interrupted run never leaves a half-written world behind, and concurrent callers agree on the result.
+    An existing world is checked first (:func:`check_world`): a damaged one raises :class:`DamagedCacheError`.
     """
     root = world_root(spec, cache_dir)
     if os.path.isfile(os.path.join(root, "world.json")):
+        check_world(spec, root)
         return root
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     logger.info("Generating the synthetic world %s (one-time, cached in %s)", spec.folder_name, os.path.dirname(root))
@@ -390,7 +394,100 @@ def ensure_world(spec: WorldSpec, cache_dir: str | None = None, workers: int | N
         for split in ("train", "val"):
             _generate_split(spec, split, tmp, workers)
         _write_json(os.path.join(tmp, "world.json"), {"version": GENERATOR_VERSION, **asdict(spec)})
+        _write_manifest(tmp)
+    check_world(spec, root)
     return root
+
+
+# ---------------------------------------------------------------------------------------- self-check
+MANIFEST = "manifest.json"
+
+
+def _write_manifest(root: str) -> None:
+    """Records the size of every file of the world (relative POSIX path -> bytes)."""
+    sizes = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            sizes[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
+    sizes.pop(MANIFEST, None)
+    atomic_write_json(os.path.join(root, MANIFEST), {"files": sizes}, sort_keys=True, separators=(",", ":"))
+
+
+def _expected_files(spec: WorldSpec) -> list[str]:
+    """Every file the generator writes for ``spec``."""
+    files = ["world.json"]
+    for split in ("train", "val"):
+        files += [f"annotations/{kind}_{split}.json" for kind in ("instances", "panoptic", "labels")]
+        for i in range(spec.num_images(split)):
+            files += [f"images/{split}/{i:06d}.jpg", f"sem_seg/{split}/{i:06d}.png", f"panoptic/{split}/{i:06d}.png"]
+    return files
+
+
+def _unreadable(path: str) -> str | None:
+    """Why a world file cannot be read in full (None if it can): images are decoded, JSON files parsed."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                json.load(f)
+        else:
+            with Image.open(path) as im:
+                im.load()
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"unreadable: {e}"
+    return None
+
+
+def _damaged(spec: WorldSpec, root: str, problems: list[str]) -> DamagedCacheError:
+    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+    return DamagedCacheError(
+        f"the synthetic world {root!r} is damaged: {'; '.join(problems[:5])}{more}. Delete that folder "
+        f"(rm -rf {root!r}) and rerun: it is generated again, byte-identical ({spec.folder_name})."
+    )
+
+
+def check_world(spec: WorldSpec, root: str) -> None:
+    """Raises :class:`DamagedCacheError` naming the first missing or resized files of a generated world.
+
+    Cheap (one ``os.stat`` per file, no decoding), so it runs every time a world is used. A world generated
+    before manifests existed is checked once in full (every file present and decodable) and then given its
+    manifest; one that fails is reported as damaged, never blessed.
+    """
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            sizes = json.load(f)["files"]
+    except FileNotFoundError:
+        return _adopt(spec, root)
+    except (ValueError, KeyError) as e:
+        raise _damaged(spec, root, [f"{MANIFEST} unreadable ({e})"]) from e
+    problems = []
+    for rel, size in sizes.items():
+        try:
+            actual = os.stat(os.path.join(root, rel)).st_size
+        except FileNotFoundError:
+            problems.append(f"{rel} missing")
+            continue
+        if actual != size:
+            problems.append(f"{rel} has {actual} bytes, expected {size}")
+    if problems:
+        raise _damaged(spec, root, problems)
+
+
+def _adopt(spec: WorldSpec, root: str) -> None:
+    logger.info("Checking the synthetic world %s once in full (it predates manifests)", root)
+    problems = []
+    for rel in _expected_files(spec):
+        why = _unreadable(os.path.join(root, rel))
+        if why is not None:
+            problems.append(f"{rel} {why}")
+    if problems:
+        raise _damaged(spec, root, problems)
+    try:
+        _write_manifest(root)
+    except OSError as e:  # a read-only cache: the full check runs again next time
+        logger.warning("Cannot write %s in %s (%s)", MANIFEST, root, e)
 
 
 # ------------------------------------------------------------------------------------------ registration

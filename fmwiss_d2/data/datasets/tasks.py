@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from detectron2.utils.registry import Registry
 
+from ...utils.errors import UserError
 from ...utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ SETTINGS = ("overlap", "disjoint")
 IGNORE_LABEL = 255
 
 
-class TaskDefinitionError(ValueError):
+class TaskDefinitionError(UserError, ValueError):
     """A task definition is malformed; the message names the offending entry."""
 
 
@@ -150,27 +151,41 @@ def task_from_dict(name: str, spec: dict, dataset_classes=None) -> IncrementalTa
     for key in ("train", "val", "steps"):
         if key not in spec:
             raise TaskDefinitionError(f"{where}: missing key '{key}'")
-    settings = tuple(spec.get("settings", SETTINGS))
+
+    def as_list(value, key: str, example: str) -> list:
+        """``value`` if it is a list; a string (which would be iterated letter by letter) or another scalar is
+        refused, naming the key."""
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise TaskDefinitionError(f"{where}: {key} expects a list, e.g. {example}, not {type(value).__name__} "
+                                  f"{value!r}")
+
+    settings = tuple(as_list(spec.get("settings", SETTINGS), "'settings'", "[overlap, disjoint]"))
     for s in settings:
         if s not in SETTINGS:
             raise TaskDefinitionError(f"{where}: unknown setting '{s}'; known: {', '.join(SETTINGS)}")
-    aliases = dict(spec.get("aliases", {}))
+    aliases = spec.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise TaskDefinitionError(f"{where}: 'aliases' expects a mapping {{dataset class: task class}}, e.g. "
+                                  f"{{aeroplane: airplane}}, not {type(aliases).__name__} {aliases!r}")
+    aliases = dict(aliases)
     background = spec.get("background", "background")
     if background is not None and not isinstance(background, str):
         raise TaskDefinitionError(f"{where}: 'background' must be a class name or null (no background class), "
                                   f"not {background!r}")
     base_classes = [aliases.get(c, c) for c in dataset_classes(spec["train"])]
-    if not spec["steps"]:
+    if not as_list(spec["steps"], "'steps'", "[[background, disc], [square]]"):
         raise TaskDefinitionError(f"{where}: 'steps' is empty")
 
     steps, seen = [], {}
     for k, raw in enumerate(spec["steps"]):
-        entry = raw if isinstance(raw, dict) else {"classes": raw}
+        entry = raw if isinstance(raw, dict) else {"classes": as_list(raw, f"step {k}", "[disc, square]")}
         train = entry.get("train", spec["train"])
         val = entry.get("val", spec["val"])
         val = tuple(sorted(val.items())) if isinstance(val, dict) else (("val", val),)
         if not entry.get("classes"):
             raise TaskDefinitionError(f"{where}: step {k} has no classes")
+        as_list(entry["classes"], f"'classes' of step {k}", "[disc, square]")
         names = []
         for c in entry["classes"]:
             if isinstance(c, (int, np.integer)) and not isinstance(c, bool):

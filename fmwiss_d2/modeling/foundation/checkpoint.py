@@ -2,7 +2,8 @@
 
 * :func:`read_checkpoint` reads a file and names it when it is missing or unreadable;
 * :func:`check_state_dict` compares a checkpoint with a model key by key and shape by shape and raises a
-  :class:`CheckpointMismatchError` naming the file, the expected architecture and the first differences;
+  :class:`CheckpointMismatchError` naming the file, the expected architecture and the first differences
+  (both defined in :mod:`fmwiss_d2.utils`, shared with the engine's checkpointer);
 * :func:`atomic_save` writes through a temporary sibling file renamed into place;
 * :func:`cache_key` hashes the (seed, data, config) a pretrained model depends on;
 * :func:`file_lock` serializes concurrent pretraining of the same cached model.
@@ -13,20 +14,18 @@ import contextlib
 import hashlib
 import json
 import os
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import torch
 
+from ...utils.checkpoint_files import check_state_dict, damaged_checkpoint_error, is_damaged
+from ...utils.errors import CheckpointMismatchError
 from ...utils.io import atomic_open
 
 __all__ = [
     "CheckpointMismatchError", "read_checkpoint", "check_state_dict", "atomic_save", "cache_key", "file_lock",
     "foundation_cache_dir",
 ]
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not fit the architecture it is loaded into."""
 
 
 def foundation_cache_dir(cache_dir: str | None = None) -> str:
@@ -50,49 +49,16 @@ def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
         return torch.jit.load(path, map_location="cpu").state_dict()
     except Exception:  # noqa: BLE001
         pass
+    if is_damaged(path):
+        advice = "Delete it (a cached tiny model is pretrained again on first use; fetch a downloaded one again)."
+        raise damaged_checkpoint_error(path, first_error, advice) from first_error
     raise RuntimeError(f"cannot read {what} {path!r}: {first_error}") from first_error
 
 
-def check_state_dict(
-    model_state: Mapping[str, torch.Tensor],
-    ckpt_state: Mapping[str, torch.Tensor],
-    *,
-    path: str,
-    architecture: str,
-    max_report: int = 5,
-) -> None:
-    """Raises :class:`CheckpointMismatchError` unless both dicts have the same keys with the same shapes.
-
-    The message names the file, the architecture the model was built as, and the first ``max_report``
-    missing keys, unexpected keys and shape mismatches (with both shapes).
-    """
-    missing = [k for k in model_state if k not in ckpt_state]
-    unexpected = [k for k in ckpt_state if k not in model_state]
-    shapes = [
-        f"{k}: checkpoint {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in model_state.items()
-        if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-
-    def _few(items):
-        more = f" (+{len(items) - max_report} more)" if len(items) > max_report else ""
-        return ", ".join(items[:max_report]) + more
-
-    lines = [f"checkpoint {path!r} does not match the expected architecture {architecture}:"]
-    if shapes:
-        lines.append(f"  {len(shapes)} shape mismatches: {_few(shapes)}")
-    if missing:
-        lines.append(f"  {len(missing)} keys missing from the checkpoint: {_few(missing)}")
-    if unexpected:
-        lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint: {_few(unexpected)}")
-    raise CheckpointMismatchError("\n".join(lines))
-
-
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` through :func:`fmwiss_d2.utils.io.atomic_open` (temporary sibling file, renamed into place)."""
-    with atomic_open(path, "wb") as f:
+    """``torch.save`` through :func:`fmwiss_d2.utils.io.atomic_open` (temporary sibling file, fsync'ed and renamed
+    into place)."""
+    with atomic_open(path, "wb", fsync=True) as f:
         torch.save(obj, f)
 
 
