@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from fmwiss_d2.engine.launch import argument_parser  # noqa: E402
 from fmwiss_d2.engine.protocol import run_incremental  # noqa: E402
+from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,4 +29,4 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    run_incremental(args, [m for m in args.methods.split(",") if m])
+    run_cli(lambda: run_incremental(args, [m for m in args.methods.split(",") if m]))

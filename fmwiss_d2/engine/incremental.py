@@ -8,16 +8,17 @@ this is a no-op and a run is an ordinary training.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
+import torch
 
 from ..data.datasets.tasks import get_task_transform, resolve_task
+from ..utils.errors import CheckpointMismatchError, UserError
+from .checkpoint import AtomicCheckpointer
 
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not belong to the task/step being run."""
+logger = logging.getLogger("fmwiss_d2")
 
 
 def run_task(cfg):
@@ -71,10 +72,46 @@ def configure_step(cfg, eval_only: bool = False):
             cfg.SOLVER.MAX_ITER = inc.STEP_MAX_ITER
         if inc.NEW_CLASS_LABELS == "image":
             cfg.INPUT.SUPERVISION = "image"
-        if not inc.PREVIOUS_WEIGHTS:
-            inc.PREVIOUS_WEIGHTS = os.path.join(root, f"step{step - 1}", "model_final.pth")
-        cfg.MODEL.WEIGHTS = inc.PREVIOUS_WEIGHTS
+        _previous_weights(cfg, root, step)
     return cfg
+
+
+def _stamp_of(path: str):
+    """The incremental stamp of a checkpoint file, or None (not a file of this project, or unreadable)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False).get("incremental")
+    except Exception:  # noqa: BLE001 - a damaged file is reported when it is loaded
+        return None
+
+
+def _previous_weights(cfg, root: str, step: int) -> None:
+    """Step ``step`` >= 1 starts from the previous step's final model: ``INCREMENTAL.PREVIOUS_WEIGHTS``, else a
+    ``MODEL.WEIGHTS`` that is an incremental checkpoint (checked to be the previous step of this task when
+    loaded), else ``OUTPUT_DIR/step{k-1}/model_final.pth``. A ``MODEL.WEIGHTS`` that is none of these (e.g. the
+    base config's ImageNet backbone) is not used at this step, and the log says so."""
+    inc = cfg.INCREMENTAL
+    user = cfg.MODEL.WEIGHTS
+    if not inc.PREVIOUS_WEIGHTS:
+        if user and _stamp_of(user) is not None:
+            inc.PREVIOUS_WEIGHTS = user
+        else:
+            inc.PREVIOUS_WEIGHTS = os.path.join(root, f"step{step - 1}", "model_final.pth")
+    if user and user != inc.PREVIOUS_WEIGHTS:
+        logger.warning("MODEL.WEIGHTS %s is not used at step %d: a step >= 1 starts from the previous step's final "
+                       "model, INCREMENTAL.PREVIOUS_WEIGHTS = %s", user, step, inc.PREVIOUS_WEIGHTS)
+    cfg.MODEL.WEIGHTS = inc.PREVIOUS_WEIGHTS
+
+
+def check_previous_weights(cfg) -> None:
+    """Before a step >= 1 trains: its previous step's final model must exist (named error otherwise)."""
+    _, step = run_task(cfg)
+    path = cfg.INCREMENTAL.PREVIOUS_WEIGHTS
+    if step > 0 and not os.path.isfile(path):
+        raise UserError(f"step {step} starts from the final model of step {step - 1}, but "
+                        f"INCREMENTAL.PREVIOUS_WEIGHTS '{path}' does not exist: run step {step - 1} first "
+                        "(tools/run_incremental.py runs every step) or set INCREMENTAL.PREVIOUS_WEIGHTS.")
 
 
 def step_identity(cfg) -> dict | None:
@@ -104,8 +141,8 @@ class MethodState:
         self.method.load_own_state_dict(state)
 
 
-class IncrementalCheckpointer(DetectionCheckpointer):
-    """A DetectionCheckpointer that stamps checkpoints with ``identity`` and checks what it loads.
+class IncrementalCheckpointer(AtomicCheckpointer):
+    """An :class:`AtomicCheckpointer` that stamps checkpoints with ``identity`` and checks what it loads.
 
     ``identity`` None (a run without a task) stamps and checks nothing. ``allowed_steps``: the steps whose
     checkpoints may be loaded (the previous step's final model to start a step, the step's own checkpoints to
@@ -173,6 +210,6 @@ def build_old_model(cfg, build_model):
     prev.freeze()
     old = build_model(prev)
     _, step = run_task(cfg)
-    IncrementalCheckpointer(old, identity=step_identity(cfg), allowed_steps={step - 1}).load(
+    IncrementalCheckpointer(old, identity=step_identity(cfg), allowed_steps={step - 1}, strict=True).load(
         cfg.INCREMENTAL.PREVIOUS_WEIGHTS)
     return old

@@ -11,7 +11,9 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_fmwiss_config
 from ..data.datasets.shapes import register_shapes_from_cfg
+from ..utils.errors import run_cli
 from .incremental import configure_step
+from .lock import OutputDirLock
 from .trainer import Trainer, default_device_check
 
 __all__ = ["argument_parser", "setup", "main", "launch_main"]
@@ -52,14 +54,20 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         return Trainer.test(cfg, Trainer.build_eval_model(cfg, cfg.MODEL.WEIGHTS))
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+    with OutputDirLock(cfg.OUTPUT_DIR, enabled=comm.is_main_process()):  # one trainer per folder
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
     return getattr(trainer, "_last_eval_results", None)  # Trainer.test has logged them as a table
 
 
+def _main_cli(args):
+    return run_cli(lambda: main(args))
+
+
 def launch_main(args):
-    """:func:`main` in ``args.num_gpus`` processes (detectron2's launcher)."""
+    """:func:`main` in ``args.num_gpus`` processes (detectron2's launcher); a user error (config, task,
+    dataset, checkpoint, cache) is one line on stderr and exit code 2 (``FMWISS_TRACEBACK=1``: the traceback)."""
     logging.getLogger("fmwiss_d2").info("Command line arguments: %s", args)
-    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                  dist_url=args.dist_url, args=(args,))
+    return run_cli(lambda: launch(_main_cli, args.num_gpus, num_machines=args.num_machines,
+                                  machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,)))

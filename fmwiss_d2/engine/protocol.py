@@ -17,7 +17,10 @@ from typing import Callable, Dict, List, Sequence
 
 from tabulate import tabulate
 
+from ..utils.errors import UnknownNameError, UserError
 from ..utils.io import atomic_write_json
+from .checkpoint import is_loadable
+from .lock import OutputDirLock
 
 logger = logging.getLogger("fmwiss_d2.protocol")
 
@@ -51,7 +54,13 @@ class Stage:
         except (OSError, ValueError):
             return False
         same = {k: stamp.get(k) for k in ("stage", "key")} == self.stamp()
-        return same and all(os.path.exists(p) for p in self.output_paths())
+        paths = self.output_paths()
+        if not same or not all(os.path.exists(p) for p in paths):
+            return False
+        damaged = [p for p in paths if p.endswith(".pth") and not is_loadable(p)]
+        if damaged:
+            logger.warning("stage %s: %s does not load (damaged): the stage runs again", self.name, damaged)
+        return not damaged
 
 
 def run_stages(stages: Sequence[Stage]) -> List[str]:
@@ -87,7 +96,7 @@ def resolve_variant(name: str):
         return name, ""
     if name in TASK_TRANSFORM_REGISTRY:
         return get_task_transform(name).method, name
-    raise KeyError(f"'{name}' is neither a method ({sorted(k for k, _ in METHOD_REGISTRY)}) nor a task transform "
+    raise UnknownNameError(f"--methods: '{name}' is neither a method ({sorted(k for k, _ in METHOD_REGISTRY)}) nor a task transform "
                    f"({sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)})")
 
 
@@ -152,7 +161,7 @@ def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_s
 
     cfg = load_config(args.config_file, args.opts)
     if not cfg.INCREMENTAL.TASK:
-        raise ValueError("an incremental protocol needs INCREMENTAL.TASK (in the config file or as "
+        raise UserError("an incremental protocol needs INCREMENTAL.TASK (in the config file or as "
                          "'INCREMENTAL.TASK name')")
     variants = list(methods) or [cfg.METHOD.NAME]
     for v in variants:
@@ -161,7 +170,8 @@ def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_s
     setting = cfg.INCREMENTAL.SETTING
     root = os.path.join(cfg.OUTPUT_DIR, f"{task.name}_{setting}")
     plan = incremental_stages(args, cfg, variants, train)
-    run_stages(list(dict.fromkeys(stage for _, _, stage, _ in plan)))
+    with OutputDirLock(root):  # one protocol per folder
+        run_stages(list(dict.fromkeys(stage for _, _, stage, _ in plan)))
     rows, per_class = [], {}
     for variant, k, _, result in plan:
         with open(result) as f:

@@ -17,7 +17,9 @@ from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_evaluator, format_metrics_table
 from ..methods import build_method
 from .data_loader import build_deterministic_train_loader, training_records
-from .incremental import IncrementalCheckpointer, MethodState, allowed_steps, build_old_model, run_task, step_identity
+from .incremental import (
+    IncrementalCheckpointer, MethodState, allowed_steps, build_old_model, check_previous_weights, run_task, step_identity,
+)
 from .hooks import IterationSeedHook
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -71,6 +73,7 @@ class Trainer(DefaultTrainer):
     def build_train_model(cls, cfg):
         """The module trained: the method around a new model, with the frozen previous-step model attached when
         the method asks for one, and its other frozen parts prepared."""
+        check_previous_weights(cfg)
         method = cls.build_method(cfg, cls.build_model(cfg))
         if method.needs_old_model and method.step > 0:
             method.add_frozen("old_model", build_old_model(cfg, cls.build_model))
@@ -91,7 +94,7 @@ class Trainer(DefaultTrainer):
         """The method around a model loaded from ``weights`` (and its own parts, when the file has them), in
         eval mode; at an incremental step the file must be that step's checkpoint."""
         method = cls.build_method(cfg, cls.build_model(cfg))
-        cls.checkpointer_for(cfg, method, {method.step}).load(weights)
+        cls.checkpointer_for(cfg, method, {method.step}, strict=True).load(weights)
         return method.eval()
 
     def build_hooks(self):

@@ -24,23 +24,22 @@ from detectron2.config import configurable
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
+from ..utils.errors import UserError, registry_get
+
 METHOD_REGISTRY = Registry("METHOD")
 METHOD_REGISTRY.__doc__ = """
 Methods (training regimes), built as ``cls(cfg, model, task=task, step=step)``; chosen by ``METHOD.NAME``.
 """
 
 
-class MethodConfigError(ValueError):
+class MethodConfigError(UserError, ValueError):
     """A method cannot run with this config, task or model; the message says which key to change."""
 
 
 def build_method(cfg, model: nn.Module, task=None, step: int = 0) -> "Method":
     """The method named by ``cfg.METHOD.NAME`` around ``model`` for ``step`` of ``task`` (None: no task)."""
     name = cfg.METHOD.NAME
-    if name not in METHOD_REGISTRY:
-        raise MethodConfigError(f"METHOD.NAME '{name}' is not a registered method; choose one of "
-                                f"{sorted(k for k, _ in METHOD_REGISTRY)}")
-    cls = METHOD_REGISTRY.get(name)
+    cls = registry_get(METHOD_REGISTRY, name, "METHOD.NAME")
     if cls.needs_background and task is not None and task.background is None:
         raise MethodConfigError(
             f"METHOD.NAME '{name}' needs a background class (its losses and initialisation shift old classes "

@@ -13,6 +13,7 @@ from detectron2.projects.point_rend.point_features import (
 from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
+from ..utils.errors import registry_get
 from .losses.mask_losses import dice_loss, sigmoid_ce_loss
 
 CRITERION_REGISTRY = Registry("CRITERION")
@@ -24,7 +25,8 @@ __all__ = ["CRITERION_REGISTRY", "build_criterion", "SetCriterion"]
 
 
 def build_criterion(cfg, matcher):
-    return CRITERION_REGISTRY.get(cfg.MODEL.MASK_FORMER.CRITERION_NAME)(cfg, matcher)
+    return registry_get(CRITERION_REGISTRY, cfg.MODEL.MASK_FORMER.CRITERION_NAME,
+                        "MODEL.MASK_FORMER.CRITERION_NAME")(cfg, matcher)
 
 
 def _uncertainty(logits: torch.Tensor) -> torch.Tensor:

@@ -70,8 +70,7 @@ class PseudoLabelSource(nn.Module):
         raise NotImplementedError
 
 
-def build_pseudo_label_source(cfg, name: str) -> PseudoLabelSource:
-    if name not in PSEUDO_LABEL_SOURCE_REGISTRY:
-        raise KeyError(f"unknown pseudo-label source '{name}'; registered: "
-                       f"{sorted(k for k, _ in PSEUDO_LABEL_SOURCE_REGISTRY)}")
-    return PSEUDO_LABEL_SOURCE_REGISTRY.get(name)(cfg)
+def build_pseudo_label_source(cfg, name: str, config_key: str = "the pseudo-label source") -> PseudoLabelSource:
+    from ..utils.errors import registry_get
+
+    return registry_get(PSEUDO_LABEL_SOURCE_REGISTRY, name, config_key)(cfg)

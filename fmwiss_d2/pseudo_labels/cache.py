@@ -74,7 +74,7 @@ class PseudoLabelCache:
         for group in by_size.values():
             for start in range(0, len(group), batch_size):
                 idx = group[start: start + batch_size]
-                images = torch.stack([torch.as_tensor(np.ascontiguousarray(read_image(self.records[i]["file_name"])))
+                images = torch.stack([torch.from_numpy(np.array(read_image(self.records[i]["file_name"])))
                                       .permute(2, 0, 1).float() for i in idx]).to(device)
                 labels = [torch.as_tensor(self.records[i].get("image_labels", []), dtype=torch.long) for i in idx]
                 out = self.source(images, labels, context)

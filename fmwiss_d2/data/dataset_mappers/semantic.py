@@ -7,12 +7,11 @@ import torch
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from . import DATASET_MAPPER_REGISTRY
-from .base import ImageMapperBase, common_mapper_args
+from .base import ImageMapperBase, common_mapper_args, read_label_map
 
 __all__ = ["SemanticDatasetMapper", "semantic_to_instances"]
 
@@ -81,9 +80,7 @@ class SemanticDatasetMapper(ImageMapperBase):
         dataset_dict = copy.deepcopy(dataset_dict)
         sem_seg = None
         if "sem_seg_file_name" in dataset_dict and self.is_train:
-            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("int64")
-            if sem_seg.ndim == 3:
-                sem_seg = sem_seg[..., 0]
+            sem_seg = read_label_map(dataset_dict.pop("sem_seg_file_name"), dataset_dict.get("image_id"))
             if self.label_lut is not None:
                 sem_seg = self.label_lut[sem_seg]
             sem_seg = sem_seg.astype("double")

@@ -472,12 +472,11 @@ class Joint(TaskTransform):
 
 def get_task_transform(name: str) -> TaskTransform:
     """The transform named ``name`` (``""``: the identity)."""
+    from ...utils.errors import registry_get
+
     if not name:
         return TaskTransform()
-    if name not in TASK_TRANSFORM_REGISTRY:
-        raise KeyError(f"INCREMENTAL.TRANSFORM '{name}' is not a registered task transform; choose one of "
-                       f"{sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)} or ''")
-    return TASK_TRANSFORM_REGISTRY.get(name)()
+    return registry_get(TASK_TRANSFORM_REGISTRY, name, "INCREMENTAL.TRANSFORM")()
 
 
 def export_split(task: IncrementalTask, setting: str, step: int, split: str, path: str) -> int:
