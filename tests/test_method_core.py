@@ -145,9 +145,9 @@ def test_a_weak_step_reads_no_mask_and_its_losses_ignore_the_masks(tmp_path, mon
     for fn in masks:
         size = Image.open(fn).size
         Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8)).save(fn)
-    from fmwiss_d2.data.datasets.shapes import _write_manifest
+    from fmwiss_d2.utils.manifest import write_manifest
 
-    _write_manifest(root)  # the world's own check would (rightly) call the noisy masks damage
+    write_manifest(root)  # the world's own check would (rightly) call the noisy masks damage
     opened.clear()
     _, after = losses()
     assert after == before
@@ -320,3 +320,35 @@ def test_backbone_multiplier_reaches_the_backbone_inside_a_method_at_an_incremen
     lr = {id(g["params"][0]): g["lr"] for g in build_optimizer(cfg, method).param_groups}
     assert all(lr[id(p)] == pytest.approx(0.001) for p in model.backbone.parameters())
     assert all(lr[id(p)] == pytest.approx(0.01) for p in model.classifier.parameters())
+
+
+def test_damaged_derived_caches_are_named_with_their_fix(tmp_path, handmade):
+    """The pseudo-label cache and the per-image class table check themselves (the world: test_shapes)."""
+    import json
+
+    from fmwiss_d2.data.datasets.tasks import image_class_table
+    from fmwiss_d2.pseudo_labels import PseudoLabelCache, PseudoLabelContext
+    from fmwiss_d2.utils.errors import DamagedCacheError
+
+    records = []
+    for i in range(3):
+        fn = str(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((4, 6, 3), 9 * i, np.uint8)).save(fn)
+        records.append({"file_name": fn, "height": 4, "width": 6, "image_labels": [1]})
+    cache = PseudoLabelCache(_CountingSource(), "toy", records, str(tmp_path / "cache"), num_classes=2)
+    cache.fill(PseudoLabelContext(class_names=["background", "a"]))
+    assert cache.complete
+    data = open(cache.path(1), "rb").read()
+    open(cache.path(1), "wb").write(data[: len(data) // 2])
+    with pytest.raises(DamagedCacheError, match=r"pseudo-label cache .* 0000001.npz has \d+ bytes, expected \d+.*rm -rf"):
+        cache.complete
+    with pytest.raises(DamagedCacheError, match=r"0000001.npz.*\(image .*1.png\) cannot be read.*delete it"):
+        cache.load(1)
+
+    table_dir = str(tmp_path / "tables")
+    assert image_class_table("handmade_train", handmade, cache_dir=table_dir)[1] == [0, 1, 3]
+    (path,) = [os.path.join(table_dir, "splits", f) for f in os.listdir(os.path.join(table_dir, "splits"))]
+    with open(path, "w") as f:
+        f.write(json.dumps([[0]])[:-2])  # cut short
+    with pytest.raises(DamagedCacheError, match="per-image class cache .* is unreadable.*delete it and rerun"):
+        image_class_table("handmade_train", handmade, cache_dir=table_dir)

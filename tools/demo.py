@@ -20,6 +20,7 @@ from tabulate import tabulate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from fmwiss_d2.data.datasets.tasks import TASKS  # noqa: E402
 from fmwiss_d2.engine.launch import argument_parser, load_config, main as train_main  # noqa: E402
+from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.yaml")
@@ -55,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -15,6 +15,7 @@ from tabulate import tabulate
 import fmwiss_d2  # noqa: F401  (registers datasets and tasks)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from fmwiss_d2.data.datasets.tasks import export_split, resolve_task
+from fmwiss_d2.utils.errors import run_cli
 
 
 def describe(name: str) -> str:
@@ -68,4 +69,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fmwiss_d2.modeling.foundation.cli import add_pretrain_args, parse_pretrain_args  # noqa: E402
 from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL, CLIPPretrainConfig, ensure_tiny_clip  # noqa: E402
+from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 
 def main(argv=None) -> str:
@@ -42,4 +43,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,12 +10,14 @@ import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_evaluator, format_metrics_table
 from ..methods import build_method
+from ..utils.errors import registry_get
 from .data_loader import build_deterministic_train_loader, training_records
 from .incremental import (
     IncrementalCheckpointer, MethodState, allowed_steps, build_old_model, check_previous_weights, run_task, step_identity,
@@ -63,6 +65,11 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        registry_get(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")  # names the valid ones
+        return super().build_model(cfg)
 
     @classmethod
     def build_method(cls, cfg, model):

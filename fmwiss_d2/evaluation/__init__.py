@@ -9,6 +9,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils.registry import Registry
 
+from ..utils.errors import registry_get
+
 from .table import format_metrics_table
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
@@ -44,7 +46,7 @@ def evaluator_types(cfg, dataset_name: str) -> List[str]:
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str):
-    evaluators = [EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_folder) for t in evaluator_types(cfg, dataset_name)]
+    evaluators = [registry_get(EVALUATOR_REGISTRY, t, "TEST.EVALUATOR_TYPES")(cfg, dataset_name, output_folder) for t in evaluator_types(cfg, dataset_name)]
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 

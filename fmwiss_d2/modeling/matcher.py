@@ -9,6 +9,8 @@ from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 from detectron2.utils.registry import Registry
 
+from ..utils.errors import registry_get
+
 from .losses.mask_losses import batch_dice_cost, batch_sigmoid_ce_cost
 
 MATCHER_REGISTRY = Registry("MATCHER")
@@ -24,7 +26,7 @@ def _sample(masks: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 
 def build_matcher(cfg):
-    return MATCHER_REGISTRY.get(cfg.MODEL.MASK_FORMER.MATCHER_NAME)(cfg)
+    return registry_get(MATCHER_REGISTRY, cfg.MODEL.MASK_FORMER.MATCHER_NAME, "MODEL.MASK_FORMER.MATCHER_NAME")(cfg)
 
 
 @MATCHER_REGISTRY.register()

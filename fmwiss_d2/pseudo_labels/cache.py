@@ -3,20 +3,24 @@
 The cache folder is keyed by the source (its :meth:`cache_key`), the dataset's name and its files (name, size,
 modification time) and image labels, so a changed source setting or a regenerated dataset gets a new folder.
 Each image's labels are one ``.npz`` written atomically; a fill that is interrupted leaves only whole files
-and the next fill computes the missing ones only. ``complete.json`` marks a finished fill.
+and the next fill computes the missing ones only. A finished fill writes the folder's manifest (every file with
+its size), checked at each use: a damaged file is named, with how to recompute it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import zipfile
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..utils.io import atomic_open, atomic_write_json
+from ..utils.errors import DamagedCacheError
+from ..utils.io import atomic_open
+from ..utils.manifest import check_manifest, write_manifest
 from .base import PseudoLabelContext, PseudoLabels, PseudoLabelSource
 
 
@@ -51,7 +55,8 @@ class PseudoLabelCache:
 
     @property
     def complete(self) -> bool:
-        return os.path.isfile(os.path.join(self.folder, "complete.json"))
+        """A finished fill whose files all match its manifest (a damaged one raises, naming the files)."""
+        return os.path.isdir(self.folder) and check_manifest("the pseudo-label cache", self.folder)
 
     def missing(self) -> List[int]:
         if self.complete:
@@ -83,7 +88,7 @@ class PseudoLabelCache:
                 done += len(idx)
                 bar.update(len(idx))
         bar.close()
-        atomic_write_json(os.path.join(self.folder, "complete.json"), {"images": len(self.records)})
+        write_manifest(self.folder)
         return done
 
     def _write(self, index: int, scores: torch.Tensor, valid: torch.Tensor) -> None:
@@ -95,9 +100,14 @@ class PseudoLabelCache:
 
     def load(self, index: int) -> PseudoLabels:
         """One image's pseudo labels, (1, K, H, W) scores (quantised to 1/255) and (1, H, W) valid."""
-        with np.load(self.path(index)) as z:
-            h, w = (int(v) for v in z["shape"])
-            scores = torch.zeros(self.num_classes, h, w)
-            scores[torch.as_tensor(z["classes"]).long()] = torch.as_tensor(z["scores"]).float() / 255
-            valid = torch.as_tensor(np.unpackbits(z["valid"])[: h * w].reshape(h, w).astype(bool))
+        path = self.path(index)
+        try:
+            with np.load(path) as z:
+                h, w = (int(v) for v in z["shape"])
+                scores = torch.zeros(self.num_classes, h, w)
+                scores[torch.as_tensor(z["classes"]).long()] = torch.as_tensor(z["scores"]).float() / 255
+                valid = torch.as_tensor(np.unpackbits(z["valid"])[: h * w].reshape(h, w).astype(bool))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise DamagedCacheError(f"pseudo-label file {path!r} (image {self.records[index]['file_name']}) cannot "
+                                    f"be read ({e}); delete it (or its folder) and fill the cache again") from e
         return PseudoLabels(scores[None], valid[None])

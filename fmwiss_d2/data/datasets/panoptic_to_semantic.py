@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from ...utils.errors import UserError
+from ...utils.manifest import check_manifest, write_manifest
 from ...utils.io import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -140,5 +141,8 @@ def semantic_records(dataset_name: str, records: list[dict], cache_dir: str | No
             for r, m, name in tqdm(list(zip(records, maps, names)), desc=f"panoptic -> semantic {dataset_name}",
                                    leave=False, disable=None):
                 Image.fromarray(convert_panoptic_png(r["pan_seg_file_name"], m)).save(os.path.join(tmp, name))
+            write_manifest(tmp)
         logger.info("Converted %d panoptic masks of %s to semantic masks in %s", len(records), dataset_name, root)
+    elif not check_manifest(f"the semantic conversion of panoptic dataset '{dataset_name}'", root):
+        write_manifest(root)  # converted before manifests existed: complete by construction (atomic folder)
     return [{**r, "sem_seg_file_name": os.path.join(root, name)} for r, name in zip(records, names)]

@@ -34,6 +34,7 @@ from PIL import Image
 
 from ...utils.errors import DamagedCacheError
 from ...utils.io import atomic_directory, atomic_write_json
+from ...utils.manifest import damaged, manifest_problems, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -394,26 +395,12 @@ def ensure_world(spec: WorldSpec, cache_dir: str | None = None, workers: int | N
         for split in ("train", "val"):
             _generate_split(spec, split, tmp, workers)
         _write_json(os.path.join(tmp, "world.json"), {"version": GENERATOR_VERSION, **asdict(spec)})
-        _write_manifest(tmp)
+        write_manifest(tmp)
     check_world(spec, root)
     return root
 
 
 # ---------------------------------------------------------------------------------------- self-check
-MANIFEST = "manifest.json"
-
-
-def _write_manifest(root: str) -> None:
-    """Records the size of every file of the world (relative POSIX path -> bytes)."""
-    sizes = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            sizes[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
-    sizes.pop(MANIFEST, None)
-    atomic_write_json(os.path.join(root, MANIFEST), {"files": sizes}, sort_keys=True, separators=(",", ":"))
-
-
 def _expected_files(spec: WorldSpec) -> list[str]:
     """Every file the generator writes for ``spec``."""
     files = ["world.json"]
@@ -441,11 +428,7 @@ def _unreadable(path: str) -> str | None:
 
 
 def _damaged(spec: WorldSpec, root: str, problems: list[str]) -> DamagedCacheError:
-    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-    return DamagedCacheError(
-        f"the synthetic world {root!r} is damaged: {'; '.join(problems[:5])}{more}. Delete that folder "
-        f"(rm -rf {root!r}) and rerun: it is generated again, byte-identical ({spec.folder_name})."
-    )
+    return damaged("the synthetic world", root, problems, f"it is generated again, byte-identical ({spec.folder_name})")
 
 
 def check_world(spec: WorldSpec, root: str) -> None:
@@ -456,21 +439,12 @@ def check_world(spec: WorldSpec, root: str) -> None:
     manifest; one that fails is reported as damaged, never blessed.
     """
     try:
-        with open(os.path.join(root, MANIFEST)) as f:
-            sizes = json.load(f)["files"]
-    except FileNotFoundError:
+        sizes = read_manifest(root)
+    except DamagedCacheError as e:
+        raise _damaged(spec, root, [str(e)]) from e
+    if sizes is None:
         return _adopt(spec, root)
-    except (ValueError, KeyError) as e:
-        raise _damaged(spec, root, [f"{MANIFEST} unreadable ({e})"]) from e
-    problems = []
-    for rel, size in sizes.items():
-        try:
-            actual = os.stat(os.path.join(root, rel)).st_size
-        except FileNotFoundError:
-            problems.append(f"{rel} missing")
-            continue
-        if actual != size:
-            problems.append(f"{rel} has {actual} bytes, expected {size}")
+    problems = manifest_problems(root, sizes)
     if problems:
         raise _damaged(spec, root, problems)
 
@@ -485,7 +459,7 @@ def _adopt(spec: WorldSpec, root: str) -> None:
     if problems:
         raise _damaged(spec, root, problems)
     try:
-        _write_manifest(root)
+        write_manifest(root)
     except OSError as e:  # a read-only cache: the full check runs again next time
         logger.warning("Cannot write %s in %s (%s)", MANIFEST, root, e)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from detectron2.utils.registry import Registry
 
-from ...utils.errors import UserError
+from ...utils.errors import DamagedCacheError, UserError, registry_get
 from ...utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -298,8 +298,16 @@ def image_class_table(dataset_name: str, records: list[dict], cache_dir: str | N
     key = hashlib.sha1("\n".join([dataset_name] + files).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir or default_cache_dir(), "splits", f"{dataset_name}-{key}.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                table = json.load(f)
+        except ValueError as e:
+            raise DamagedCacheError(f"the per-image class cache {path!r} is unreadable ({e}); delete it and rerun: "
+                                    "it is read again from the masks") from e
+        if len(table) != len(files):
+            raise DamagedCacheError(f"the per-image class cache {path!r} has {len(table)} entries for {len(files)} "
+                                    "images; delete it and rerun: it is read again from the masks")
+        return table
     table = []
     for fn in tqdm(files, desc=f"classes of {dataset_name}", leave=False, disable=None):
         values = np.unique(np.asarray(Image.open(fn)))
@@ -472,8 +480,6 @@ class Joint(TaskTransform):
 
 def get_task_transform(name: str) -> TaskTransform:
     """The transform named ``name`` (``""``: the identity)."""
-    from ...utils.errors import registry_get
-
     if not name:
         return TaskTransform()
     return registry_get(TASK_TRANSFORM_REGISTRY, name, "INCREMENTAL.TRANSFORM")()

@@ -2,6 +2,8 @@
 Selected by ``MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``."""
 from detectron2.utils.registry import Registry
 
+from ...utils.errors import registry_get
+
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = """
 Transformer decoders. Called with ``(cfg, in_channels)``;
@@ -11,7 +13,8 @@ Transformer decoders. Called with ``(cfg, in_channels)``;
 
 def build_transformer_decoder(cfg, in_channels: int):
     """Builds the decoder named by ``cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``."""
-    return TRANSFORMER_DECODER_REGISTRY.get(cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME)(cfg, in_channels)
+    return registry_get(TRANSFORMER_DECODER_REGISTRY, cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
+                        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME")(cfg, in_channels)
 
 
 from .masked_attention_decoder import MultiScaleMaskedTransformerDecoder  # noqa: E402
