@@ -8,6 +8,8 @@ extension offers (functions, build record, the kernel each device uses). Exit st
     python .ci/check_extension.py --require-cuda   # the build must hold the CUDA kernels (FORCE_CUDA=1 builds)
 """
 import argparse
+import signal
+import subprocess
 import sys
 
 
@@ -19,12 +21,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--require-cuda", action="store_true", help="fail unless the build holds the CUDA kernels")
     args = p.parse_args(argv)
-    try:
-        from fmwiss_d2 import _C
-    except Exception as e:  # noqa: BLE001 - ImportError, or OSError for a corrupt file: both are a broken build
-        fail(f"fmwiss_d2._C does not load ({type(e).__name__}: {e}). The setup built it, so the build is broken: "
-             "rebuild it (`pip install --no-build-isolation -e .`, or tools/setup_env.sh after deleting "
-             ".venv/.stamps/package-*) and read the compiler's output.")
+    # first in a child process: a truncated library crashes the loader (SIGBUS) instead of raising
+    probe = subprocess.run([sys.executable, "-c", "from fmwiss_d2 import _C"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines()
+        why = (f"the import was killed by {signal.Signals(-probe.returncode).name}" if probe.returncode < 0
+               else lines[-1] if lines else f"exit status {probe.returncode}")
+        fail(f"fmwiss_d2._C does not load ({why}). The setup built it, so the build is broken: rebuild it "
+             "(`pip install --no-build-isolation -e .`, or tools/setup_env.sh after deleting .venv/.stamps/package-*) "
+             "and read the compiler's output.")
+    from fmwiss_d2 import _C
     import torch
 
     from fmwiss_d2.modeling.ops.functions import describe_kernel, kernel_available
