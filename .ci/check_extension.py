@@ -8,9 +8,13 @@ extension offers (functions, build record, the kernel each device uses). Exit st
     python .ci/check_extension.py --require-cuda   # the build must hold the CUDA kernels (FORCE_CUDA=1 builds)
 """
 import argparse
+import os
 import signal
 import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the checkout's fmwiss_d2 (the same one as an editable install of it)
 
 
 def fail(message: str) -> None:
@@ -22,7 +26,7 @@ def main(argv=None) -> None:
     p.add_argument("--require-cuda", action="store_true", help="fail unless the build holds the CUDA kernels")
     args = p.parse_args(argv)
     # first in a child process: a truncated library crashes the loader (SIGBUS) instead of raising
-    probe = subprocess.run([sys.executable, "-c", "from fmwiss_d2 import _C"], capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", "from fmwiss_d2 import _C"], capture_output=True, text=True, cwd=ROOT)
     if probe.returncode != 0:
         lines = probe.stderr.strip().splitlines()
         why = (f"the import was killed by {signal.Signals(-probe.returncode).name}" if probe.returncode < 0

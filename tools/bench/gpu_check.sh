@@ -47,6 +47,7 @@ fi
 
 START=$(date +%s)
 PARTS="$LOGS/parts.tsv"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout's fmwiss_d2 (built in place, not installed)
 if [ "$MODE" = run ]; then
   mkdir -p "$LOGS"
   : > "$PARTS"
