@@ -90,7 +90,7 @@ def test_failed_seed_raises_and_is_not_marked_finished(tmp_path):
 
 RESULT = {
     "table": "fake", "title": "A fake table", "commit": "0123456789abcdef", "dirty": True,
-    "commands": [["{python}", "tools/x.py", "SEED", "{seed}"]], "seeds": [0, 1],
+    "commands": [["{python}", "tools/x.py", "DATASETS.TEST", '("a_test",)', "SEED", "{seed}"]], "seeds": [0, 1],
     "per_seed": {"0": {"mIoU": 90.04, "PQ": 70.0}, "1": {"mIoU": 91.36, "PQ": None}},
     "mean": {"mIoU": 90.7, "PQ": 70.0}, "std": {"mIoU": 0.9334, "PQ": 0.0},
     "paper": {"mIoU": 47.2}, "paper_source": "Mask2Former R50, ADE20K", "threads": {"0": 2, "1": 1},
@@ -103,7 +103,7 @@ EXPECTED_MARKDOWN = """\
 | PQ | 70.0 ± 0.0 | 70.0, - | - |
 
 A fake table. Commit 0123456 (uncommitted changes); 1, 2 thread(s); wall time per seed 230 s, 546 s.
-Commands (per seed): `{python} tools/x.py SEED {seed}`.
+Commands (per seed): `{python} tools/x.py DATASETS.TEST '("a_test",)' SEED {seed}`.
 Paper: Mask2Former R50, ADE20K.
 """
 
