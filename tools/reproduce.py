@@ -32,23 +32,31 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.list:
         for t in results.TABLES.values():
-            print(f"{t.name}: {t.title}\n  seeds {list(t.seeds)}: " + "\n  ".join(" ".join(c) for c in t.commands))
+            print(f"{t.name}: {t.title}\n  seeds {list(t.seeds)}: " + "\n  ".join(results.shell_command(c) for c in t.commands))
         return
     names = list(results.TABLES) if args.tables == ["all"] else args.tables
     unknown = [n for n in names if n not in results.TABLES]
     if not names or unknown:
         p.error(f"unknown or missing table {unknown or ''}; known: {', '.join(results.TABLES)} (or 'all')")
-    for name in names:
-        table = results.TABLES[name]
-        if args.markdown or args.update_readme:
-            text = results.table_markdown(name, args.results_dir)
-            print(text)
-            if args.update_readme:
-                results.update_readme(os.path.join(ROOT, "README.md"), name, text)
-            continue
-        seeds = [int(s) for s in args.seeds.split(",") if s] or None
-        records = results.run_table(table, args.output_root, cwd=ROOT, seeds=seeds, force=args.force)
-        print(f"written: {results.write_table(table, records, args.results_dir, cwd=ROOT)}")
+    try:
+        for name in names:
+            run(name, args)
+    except results.ResultsError as e:
+        sys.exit(f"reproduce.py: {e}")
+
+
+def run(name, args):
+    """One table: render it (--markdown / --update-readme) or run its seeds and write results/NAME.json."""
+    table = results.TABLES[name]
+    if args.markdown or args.update_readme:
+        text = results.table_markdown(name, args.results_dir)
+        print(text)
+        if args.update_readme:
+            results.update_readme(os.path.join(ROOT, "README.md"), name, text)
+        return
+    seeds = [int(s) for s in args.seeds.split(",") if s] or None
+    records = results.run_table(table, args.output_root, cwd=ROOT, seeds=seeds, force=args.force)
+    print(f"written: {results.write_table(table, records, args.results_dir, cwd=ROOT)}")
 
 
 if __name__ == "__main__":

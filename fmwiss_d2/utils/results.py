@@ -30,7 +30,7 @@ from .io import atomic_write_json
 
 __all__ = ["Table", "TABLES", "READERS", "register_table", "run_table", "run_seed", "finished_records", "summarize",
            "write_table", "render_markdown", "table_markdown", "replace_block", "update_readme", "git_state",
-           "ResultsError"]
+           "ResultsError", "shell_command"]
 
 SEED_RESULT = "result.json"  # per seed, in its output folder: written last, so its presence means "finished"
 
@@ -175,14 +175,14 @@ def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = Fals
     t0 = time.time()
     for k, argv in enumerate(commands):
         log_path = os.path.join(out, f"command{k}.log")
-        log(f"[{table.name}] seed {seed}: {_shell(argv)}  (log: {log_path})")
+        log(f"[{table.name}] seed {seed}: {shell_command(argv)}  (log: {log_path})")
         with open(log_path, "w") as f:
             proc = subprocess.run(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             with open(log_path) as f:
                 tail = "".join(f.readlines()[-15:])
             raise ResultsError(f"{table.name}: seed {seed}: command {k} exited with {proc.returncode}: "
-                               f"{_shell(argv)}\n--- last lines of {log_path}:\n{tail}")
+                               f"{shell_command(argv)}\n--- last lines of {log_path}:\n{tail}")
     record = {"seed": seed, "metrics": _read_metrics(table, out), "commands": commands,
               "wall_s": round(time.time() - t0, 1), **git_state(cwd), "threads": _threads(),
               "output_dir": out}
@@ -264,7 +264,7 @@ def _fmt(v, digits: int) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _shell(argv: Sequence[str]) -> str:
+def shell_command(argv: Sequence[str]) -> str:
     """A command line that can be pasted into a shell (placeholders such as ``{seed}`` left readable)."""
     return " ".join(a if re.fullmatch(r"[\w@%+=:,./{}-]+", a) else shlex.quote(a) for a in argv)
 
@@ -286,7 +286,7 @@ def render_markdown(result: dict) -> str:
     lines += [
         "",
         f"{result['title']}. Commit {commit}; {', '.join(map(str, threads))} thread(s); wall time per seed {walls}.",
-        "Commands (per seed): " + "; ".join(f"`{_shell(c)}`" for c in result["commands"]) + ".",
+        "Commands (per seed): " + "; ".join(f"`{shell_command(c)}`" for c in result["commands"]) + ".",
     ]
     if result["paper_source"]:
         lines.append(f"Paper: {result['paper_source']}.")
