@@ -163,13 +163,36 @@ def get_extensions():
     ]
 
 
+# What the package needs at run time. Deliberately NOT declared:
+# * torch and torchvision: their build must match the CUDA toolkit (and each other); a version pulled in by pip
+#   could replace the one installed for the GPU. Install them first (GUIDE: torch==2.14.1 torchvision==0.29.1).
+# * detectron2: not on PyPI under its own name (install it from source, or see tools/setup_env.sh); since it may be
+#   installed without its dependencies, those this package relies on through it are listed (marked below).
+INSTALL_REQUIRES = [
+    "numpy<2",  # the detectron2 snapshot and pycocotools wheels in use are built against numpy 1
+    "Pillow",
+    "scipy",  # Hungarian matching (modeling/matcher.py)
+    "pyyaml",  # task files (data/datasets/tasks.py)
+    "tqdm",
+    "tabulate",  # metric tables (evaluation/table.py)
+    "matplotlib",  # incremental summary plots (evaluation/incremental.py)
+    "pycocotools",  # RLE masks of the synthetic world, COCO evaluation
+    "open_clip_torch>=3.3,<4",  # CLIP wrapper (modeling/foundation/clip.py)
+    "timm>=1.0",  # DINO ViT (modeling/foundation/dino.py)
+    "fvcore",  # through detectron2 (config, checkpointing)
+    "opencv-python-headless",  # through detectron2's SemSegEvaluator (boundary IoU; skipped with a warning without)
+    "panopticapi-lite",  # module panopticapi: the official PQ code behind detectron2's COCOPanopticEvaluator
+]
+
 setup(
     name="fmwiss_d2",
     version="0.1.0",
     description="Label-efficient segmentation on Detectron2: MiB, FMWISS, DuPL, PADing",
     packages=find_packages(exclude=("configs", "tests", "tools", "datasets")),
+    package_data={"fmwiss_d2.modeling.foundation": ["model_configs/*.json"]},  # open_clip / ViT configs, read at run time
     python_requires=">=3.9",
-    install_requires=["numpy", "Pillow", "scipy", "pyyaml", "tqdm"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest"]},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

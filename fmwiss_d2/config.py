@@ -10,6 +10,7 @@ def add_fmwiss_config(cfg):
     cfg.SHAPES.SEED = 0  # generator seed; a different seed gives a different world (and folder)
     cfg.SHAPES.NUM_TRAIN = 2000  # training images
     cfg.SHAPES.NUM_VAL = 500  # validation images
+    cfg.SHAPES.NUM_TEST = 500  # held-out test images (own folder and random stream; see data/datasets/shapes.py)
     cfg.SHAPES.IMAGE_SIZE = 128  # images are square, IMAGE_SIZE x IMAGE_SIZE pixels
 
     # The method (training regime), with or without an incremental task (fmwiss_d2/methods).

@@ -17,7 +17,7 @@ def tiny_spec():
 
 @pytest.fixture(scope="session")
 def tiny_world(tiny_spec, tmp_path_factory):
-    """(spec, cache_dir, root) of a tiny world registered as ``tiny_shapes_*``."""
+    """(spec, cache_dir, root) of a tiny world registered as ``tiny_shapes_*`` (6 test images)."""
     from detectron2.data import DatasetCatalog
 
     from fmwiss_d2.data.datasets.shapes import ensure_world, register_shapes
@@ -25,7 +25,7 @@ def tiny_world(tiny_spec, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("world"))
     root = ensure_world(tiny_spec, cache, workers=1)
     if "tiny_shapes_sem_seg_train" not in DatasetCatalog.list():
-        register_shapes("tiny_shapes", tiny_spec, cache)
+        register_shapes("tiny_shapes", tiny_spec, cache, num_test=6)
     return tiny_spec, cache, root
 
 

@@ -2,6 +2,7 @@
 and configs with "auto:shapes" checkpoints trigger them."""
 import importlib.util
 import os
+import re
 from dataclasses import asdict
 
 import pytest
@@ -80,13 +81,12 @@ def test_cli_tools_print_cached_paths(tiny_world, clip_ckpt, dino_ckpt, capsys):
     assert os.path.isfile(clip_path) and os.path.isfile(dino_path)
 
 
-def test_config_auto_checkpoint_triggers_pretraining(tiny_world, clip_ckpt, dino_ckpt):
+def _auto_cfg(spec, cache):
+    """A config on the tiny world whose CLIP and DINO checkpoints are "auto:shapes" with 1-step pretraining."""
     from detectron2.config import get_cfg
 
     from fmwiss_d2.config import add_fmwiss_config
-    from fmwiss_d2.modeling.foundation import build_clip_from_cfg, build_dino_from_cfg
 
-    spec, cache, _ = tiny_world
     cfg = get_cfg()
     add_fmwiss_config(cfg)
     cfg.SHAPES.merge_from_list(["CACHE_DIR", cache, "SEED", spec.seed, "NUM_TRAIN", spec.num_train,
@@ -94,10 +94,74 @@ def test_config_auto_checkpoint_triggers_pretraining(tiny_world, clip_ckpt, dino
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.CLIP.PRETRAIN.merge_from_list(["STEPS", 1, "BATCH_SIZE", 8])
     cfg.MODEL.DINO.PRETRAIN.merge_from_list(["STEPS", 1, "BATCH_SIZE", 4])
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("tiny_shapes_sem_seg_train",), ("tiny_shapes_sem_seg_test",)
+    assert cfg.MODEL.CLIP.CHECKPOINT == cfg.MODEL.DINO.CHECKPOINT == "auto:shapes"
+    return cfg
+
+
+def test_config_auto_checkpoint_triggers_pretraining(tiny_world, tmp_path):
+    """In an empty cache of its own (another test's checkpoints must not satisfy it), building from a config with
+    "auto:shapes" checkpoints pretrains exactly the two files that config's keys name, and loads them."""
+    from fmwiss_d2.modeling.foundation import build_clip_from_cfg, build_dino_from_cfg
+    from fmwiss_d2.modeling.foundation import pretrain_clip, pretrain_dino
+
+    spec = tiny_world[0]
+    cache = str(tmp_path / "cache")
+    cfg = _auto_cfg(spec, cache)
+    _, _, clip_train = pretrain_clip.pretrain_config_from_cfg(cfg)
+    _, _, dino_train = pretrain_dino.pretrain_config_from_cfg(cfg)
+    assert (clip_train.steps, dino_train.steps) == (1, 1)
+    expected = {
+        "clip": pretrain_clip.clip_checkpoint_path(spec, cache, cfg.MODEL.CLIP.MODEL_NAME, clip_train),
+        "dino": pretrain_dino.dino_checkpoint_path(spec, cache, cfg.MODEL.DINO.ARCH, cfg.MODEL.DINO.PATCH_SIZE,
+                                                   dino_train),
+    }
+    assert not os.path.exists(os.path.join(cache, "foundation"))
     clip = build_clip_from_cfg(cfg)
     dino = build_dino_from_cfg(cfg)
-    assert clip.text_embeddings(["disc"]).shape[0] == 1 and dino.num_heads > 0
-    assert len([f for f in os.listdir(os.path.join(cache, "foundation")) if f.endswith(".pt")]) >= 4
+    found = sorted(os.path.join(cache, "foundation", f) for f in os.listdir(os.path.join(cache, "foundation"))
+                   if f.endswith(".pt"))
+    assert found == sorted(expected.values())
+    raw = torch.load(expected["clip"], map_location="cpu", weights_only=True)
+    assert torch.equal(clip.model.state_dict()["visual.proj"], raw["state_dict"]["visual.proj"])
+    raw = torch.load(expected["dino"], map_location="cpu", weights_only=True)
+    assert torch.equal(dino.vit.pos_embed, raw["teacher"]["backbone.pos_embed"])
+
+
+@pytest.mark.parametrize("node, key", [("CLIP", "MODEL.CLIP.CHECKPOINT"), ("DINO", "MODEL.DINO.CHECKPOINT")])
+def test_auto_checkpoint_is_refused_for_other_datasets(tiny_world, tmp_path, node, key):
+    """"auto:shapes" is for the synthetic world only: a config on real data fails before any pretraining, naming
+    the key to set."""
+    from fmwiss_d2.modeling.foundation import build_clip_from_cfg, build_dino_from_cfg
+
+    spec = tiny_world[0]
+    cache = str(tmp_path / "cache")
+    cfg = _auto_cfg(spec, cache)
+    cfg.DATASETS.TEST = ("tiny_shapes_sem_seg_val", "voc_2012_sem_seg_val")
+    build = {"CLIP": build_clip_from_cfg, "DINO": build_dino_from_cfg}[node]
+    with pytest.raises(ValueError, match=r"\['voc_2012_sem_seg_val'\] are not the synthetic world's\. "
+                                         rf"Set {re.escape(key)} to a local (open_clip|DINO) checkpoint"):
+        build(cfg)
+    assert not os.path.exists(cache)  # refused before generating or pretraining anything
+
+
+def test_auto_checkpoint_accepts_the_world_under_any_name(tiny_world, tmp_path):
+    """The synthetic world registered under another prefix, and an incremental step on it, are the world's."""
+    from fmwiss_d2.data.datasets.shapes import register_shapes
+    from fmwiss_d2.data.datasets.tasks import register_incremental_task
+    from fmwiss_d2.modeling.foundation.checkpoint import require_synthetic_world
+
+    spec = tiny_world[0]
+    cfg = _auto_cfg(spec, str(tmp_path))
+    register_shapes("guard_world", spec, tiny_world[1])
+    task = register_incremental_task("guard_task", {"train": "guard_world_sem_seg_train", "val": "guard_world_sem_seg_val",
+                                                    "steps": [list(range(0, 6)), list(range(6, 11))]})
+    cfg.DATASETS.TRAIN = (task.dataset_name("overlap", 1, "train"),)
+    cfg.DATASETS.TEST = ("guard_world_sem_seg_test",)
+    require_synthetic_world(cfg, "MODEL.CLIP.CHECKPOINT", "checkpoint")  # accepted: no exception
+    cfg.DATASETS.TEST = ("guard_world_sem_seg_test", "voc_2012_sem_seg_val")
+    with pytest.raises(ValueError, match="voc_2012_sem_seg_val"):
+        require_synthetic_world(cfg, "MODEL.CLIP.CHECKPOINT", "checkpoint")
 
 
 def test_config_defaults_match_pretraining_defaults():

@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -277,3 +278,82 @@ def test_world_without_manifest_is_checked_in_full_once(tmp_path):
     with pytest.raises(DamagedCacheError, match=r"images/val/000001\.jpg unreadable"):
         ensure_world(spec, cache)
     assert not os.path.exists(manifest)  # a damaged world is never blessed with a manifest
+
+
+# --------------------------------------------------------------------------------------- held-out test split
+def _content_digests(spec, root):
+    """sha1 over every train/val image's rendered arrays (pixels, instance ids, objects, stuff) and sha1 over the
+    world's JSON files: what the files hold, independent of the JPEG/PNG encoders' versions."""
+    render = hashlib.sha1()
+    for split in ("train", "val"):
+        for i in range(spec.num_images(split)):
+            for a in shapes.render_image(spec, split, i):
+                render.update(np.ascontiguousarray(a if isinstance(a, np.ndarray) else np.asarray(a, np.int64)).tobytes())
+    annotations = hashlib.sha1()
+    for rel in sorted(f for f in _digest(root) if f.endswith(".json") and f != "manifest.json"):  # added later
+        annotations.update(rel.encode())
+        annotations.update(open(os.path.join(root, rel), "rb").read())
+    return render.hexdigest(), annotations.hexdigest()
+
+
+def test_train_and_val_are_unchanged_by_the_test_split(tiny_world):
+    """Computed with the code *before* the test split existed (commit c4d8189, same digest loop over the files
+    of ``ensure_world(WorldSpec(seed=3, image_size=64, num_train=24, num_val=8))``); the whole-file sha1 of
+    that world was 9decafa7c94c at the time too. The default world's name, spec and the foundation checkpoints'
+    cache keys (which hash ``asdict(spec)``) are pinned as well: changing them makes every developer retrain."""
+    spec, _, root = tiny_world
+    assert (spec.seed, spec.image_size, spec.num_train, spec.num_val) == (3, 64, 24, 8)
+    assert _content_digests(spec, root) == ("37ce98ffb78102f2dfcf0c46da06e7560e78a825",
+                                            "50d16f2d4a96c11d98259bf90bdc71920d0e5811")
+    default = WorldSpec()
+    assert default.folder_name == "shapes-v1-seed0-size128-train2000-val500-obj2to5"
+    assert asdict(default) == {"seed": 0, "image_size": 128, "num_train": 2000, "num_val": 500, "min_objects": 2,
+                               "max_objects": 5, "layout": "scene"}
+
+
+def test_test_split_is_held_out_and_deterministic(tmp_path):
+    spec = WorldSpec(seed=11, image_size=48, num_train=6, num_val=4)
+    a = shapes.ensure_split(spec, "test", str(tmp_path / "a"), num_test=5, workers=1)
+    b = shapes.ensure_split(spec, "test", str(tmp_path / "b"), num_test=5, workers=2)
+    assert _digest(a) == _digest(b)
+    assert len(_digest(a)) == 3 * 5 + 3 + 2  # 3 files per image + 3 json + world.json + manifest.json
+    assert os.listdir(tmp_path / "a") == [spec.test_folder_name(5)]  # the train/val world is not generated
+    # its own folder, whatever the training-set size
+    assert os.path.basename(a) == "shapes-v1-seed11-size48-test5-obj2to5"
+    assert WorldSpec(seed=11, image_size=48, num_train=9).test_folder_name(5) == os.path.basename(a)
+    # every test image differs from every train and val image (its JPEG file)
+    world = ensure_world(spec, str(tmp_path / "a"), workers=1)
+    files = lambda r, split: {open(os.path.join(r, "images", split, f), "rb").read()
+                               for f in sorted(os.listdir(os.path.join(r, "images", split)))}
+    test = files(a, "test")
+    assert len(test) == 5
+    assert not test & (files(world, "train") | files(world, "val"))
+    # more test images keep the first ones
+    c = shapes.ensure_split(spec, "test", str(tmp_path / "a"), num_test=7, workers=1)
+    first = lambda r: open(os.path.join(r, "sem_seg", "test", "000004.png"), "rb").read()
+    assert c != a and first(c) == first(a)
+
+
+def test_test_split_is_registered_like_val(tiny_world):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    spec, cache, root = tiny_world
+    for kind in ("sem_seg", "instance", "panoptic"):
+        val, test = MetadataCatalog.get(f"tiny_shapes_{kind}_val"), MetadataCatalog.get(f"tiny_shapes_{kind}_test")
+        assert set(test.as_dict()) == set(val.as_dict()) and test.evaluator_type == val.evaluator_type
+        assert test.world_root == shapes.split_root(spec, "test", cache, num_test=6) != root
+    records = DatasetCatalog.get("tiny_shapes_sem_seg_test")
+    assert len(records) == test.num_test == 6  # conftest registers 6 test images
+    assert records[0]["sem_seg_file_name"].endswith(os.path.join("sem_seg", "test", "000000.png"))
+    assert len(DatasetCatalog.get("tiny_shapes_panoptic_test")) == 6
+    assert {r["image_id"] for r in DatasetCatalog.get("tiny_shapes_instance_test")} <= set(range(6))
+
+
+def test_damaged_test_split_is_reported_naming_the_file(tmp_path):
+    from fmwiss_d2.utils.errors import DamagedCacheError
+
+    spec = WorldSpec(seed=11, image_size=32, num_train=2, num_val=2)
+    root = shapes.ensure_split(spec, "test", str(tmp_path), num_test=3, workers=1)
+    os.remove(os.path.join(root, "sem_seg", "test", "000002.png"))
+    with pytest.raises(DamagedCacheError, match=r"test split .* sem_seg/test/000002.png missing.*rm -rf"):
+        shapes.ensure_split(spec, "test", str(tmp_path), num_test=3, workers=1)

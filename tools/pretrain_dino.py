@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fmwiss_d2.modeling.foundation.cli import add_pretrain_args, parse_pretrain_args  # noqa: E402
 from fmwiss_d2.modeling.foundation.pretrain_dino import (  # noqa: E402
-from fmwiss_d2.utils.errors import run_cli  # noqa: E402
     CORPORA, DEFAULT_ARCH, DINOPretrainConfig, ensure_tiny_dino)
+from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 
 def main(argv=None) -> str:

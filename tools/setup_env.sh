@@ -55,13 +55,28 @@ if [ ! -f "$STAMPS/detectron2" ]; then
   touch "$STAMPS/detectron2"
 fi
 
-src_key=$(cat setup.py $(find fmwiss_d2/modeling/ops/csrc -type f 2>/dev/null | sort) 2>/dev/null | sha1sum | cut -c1-12)
-# A build with the CUDA kernels also serves CPU-only use, so without FORCE_CUDA any build of these sources is kept.
-if [ "${FORCE_CUDA:-0}" = "1" ]; then stamp_glob="package-$src_key-1"; else stamp_glob="package-$src_key-*"; fi
+# The extension is rebuilt when its sources, the torch it is compiled against or the C++ compiler change (and,
+# for a CUDA build, nvcc): a build made by another toolchain is not kept.
+torch_version=$("$PY" -c 'import torch;print(torch.__version__)')
+cxx_version=$("${CXX:-c++}" --version 2>/dev/null | head -n1 || true)
+src_key=$( (cat setup.py; find fmwiss_d2/modeling/ops/csrc -type f -print0 | sort -z | xargs -0 cat
+            printf 'torch %s\ncxx %s\n' "$torch_version" "$cxx_version") | sha1sum | cut -c1-12)
+# A build with the CUDA kernels also serves CPU-only use, so without FORCE_CUDA any build of this key is kept.
+if [ "${FORCE_CUDA:-0}" = "1" ]; then
+  nvcc_bin=${CUDA_HOME:+$CUDA_HOME/bin/}nvcc
+  nvcc_version=$("$nvcc_bin" --version 2>/dev/null | grep -m1 release || echo "no nvcc")
+  variant="cuda-$(printf '%s' "$nvcc_version" | sha1sum | cut -c1-8)"
+  stamp_glob="package-$src_key-$variant"
+else
+  variant="cpu"
+  stamp_glob="package-$src_key-*"
+fi
 if ! compgen -G "$STAMPS/$stamp_glob" >/dev/null || ! "$PY" -c "import fmwiss_d2" 2>/dev/null; then
-  log "installing fmwiss_d2 (editable; compiles fmwiss_d2._C)"
+  log "installing fmwiss_d2 (editable; compiles fmwiss_d2._C with torch $torch_version, $cxx_version${nvcc_version:+, nvcc: $nvcc_version})"
   "${PIP[@]}" install --no-build-isolation --no-deps -e .
   rm -f "$STAMPS"/package-*
-  touch "$STAMPS/package-$src_key-${FORCE_CUDA:-0}"
+  touch "$STAMPS/package-$src_key-$variant"
 fi
-log "ready: $("$PY" -c 'import torch, detectron2, fmwiss_d2; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| fmwiss_d2", fmwiss_d2.__version__, "| _C", fmwiss_d2.has_compiled_ops())')"
+ready=$("$PY" -c 'import torch, detectron2, fmwiss_d2; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| fmwiss_d2", fmwiss_d2.__version__, "| _C", fmwiss_d2.has_compiled_ops())') \
+  || ready="fmwiss_d2 or its extension fmwiss_d2._C crashes on import (python .ci/check_extension.py says why)"
+log "ready: $ready"

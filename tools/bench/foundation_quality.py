@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Measures the tiny foundation models' targets on the synthetic world's val split and prints one JSON line.
+"""Measures the tiny foundation models' targets on the synthetic world (val split by default); prints one JSON line.
 
     python tools/bench/foundation_quality.py                 # default world (seed 0): pretrains if absent
     python tools/bench/foundation_quality.py --max-images 100 # quicker, on the first 100 val images
     python tools/bench/foundation_quality.py --models dino --dino-seed 1   # the tiny DINO of training seed 1 only
+    python tools/bench/foundation_quality.py --split test     # on the held-out test split (500 images)
 
 * ``clip_zero_shot_top1``: single-object crops (``shapes_instance_val`` boxes, square side = the box's longer
   side, shifted inside the image) classified among the 10 class-name prompts (target >= 0.80, chance 0.10).
@@ -29,7 +30,7 @@ from fmwiss_d2.data.datasets.shapes import WorldSpec  # noqa: E402
 from fmwiss_d2.modeling.foundation import build_clip, build_dino, ensure_tiny_clip, ensure_tiny_dino  # noqa: E402
 from fmwiss_d2.modeling.foundation.evaluation import (  # noqa: E402
     dense_label_miou, dino_foreground_iou, zero_shot_crop_accuracy)
-from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL  # noqa: E402
+from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL, CLIPPretrainConfig  # noqa: E402
 from fmwiss_d2.modeling.foundation.pretrain_dino import DEFAULT_ARCH, DINOPretrainConfig  # noqa: E402
 
 
@@ -59,12 +60,13 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--max-images", type=int, default=None, help="dense/DINO metrics on the first N images only")
     p.add_argument("--dense-input-size", type=int, default=None, help="resize images before the CLIP (None = native)")
     p.add_argument("--dino-input-size", type=int, default=None, help="resize images before the ViT (None = native)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--models", default="clip,dino", help="comma-separated subset of clip,dino to measure")
+    p.add_argument("--clip-seed", type=int, default=0, help="training seed of the tiny CLIP")
     p.add_argument("--dino-seed", type=int, default=0, help="training seed of the tiny DINO")
     p.add_argument("--dino-figure", default="", help="also save a PNG of the first 6 val images' DINO attention")
     args = p.parse_args(argv)
@@ -80,7 +82,7 @@ def main(argv=None) -> dict:
         zs = zero_shot_crop_accuracy(clip, spec, args.split, args.cache_dir)
         dense = dense_label_miou(clip, spec, args.split, args.cache_dir, input_size=args.dense_input_size,
                                  max_images=args.max_images)
-        return {"clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
+        return {"clip_seed": args.clip_seed, "clip_zero_shot_top1": round(zs["top1"], 4), "clip_zero_shot_crops": zs["num_crops"],
                 "clip_dense_miou": round(dense["miou"], 4), "clip_dense_iou_background": round(dense["iou_background"], 4),
                 "clip_dense_miou_things": round(dense["miou_things"], 4), "dense_images": dense["num_images"]}
 
@@ -96,7 +98,8 @@ def main(argv=None) -> dict:
                 "dino_images": fg["num_images"]}
 
     # per model: (checkpoint from the cache, pretrained first if absent; its measurements)
-    jobs = {"clip": (lambda: ensure_tiny_clip(spec, args.cache_dir), measure_clip),
+    jobs = {"clip": (lambda: ensure_tiny_clip(spec, args.cache_dir, config=CLIPPretrainConfig(seed=args.clip_seed)),
+                     measure_clip),
             "dino": (lambda: ensure_tiny_dino(spec, args.cache_dir, config=DINOPretrainConfig(seed=args.dino_seed)),
                      measure_dino)}
     for key in sorted(models):

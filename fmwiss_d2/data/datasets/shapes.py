@@ -19,6 +19,12 @@ Layout of a generated world (all under one folder, named by seed, size and count
 
 Every image is drawn from its own random stream (seed, split, index), so the files are byte-identical for
 the same parameters and a validation image does not change when the training-set size does.
+
+The held-out *test* split (:func:`ensure_split`, registered as ``{prefix}_*_test``) has the same layout with
+``split = test`` in a sibling folder of its own, named by what its images depend on and by its size
+(``...-test500-...``). It is kept out of the train/val folder and out of :class:`WorldSpec` on purpose: the
+train/val files, the folder name and every cache key derived from the spec (the tiny CLIP and DINO checkpoints)
+stay exactly what they were before the split existed, and its size can change without touching them.
 """
 from __future__ import annotations
 
@@ -34,11 +40,14 @@ from PIL import Image
 
 from ...utils.errors import DamagedCacheError
 from ...utils.io import atomic_directory, atomic_write_json
-from ...utils.manifest import damaged, manifest_problems, read_manifest, write_manifest
+from ...utils.manifest import MANIFEST, check_manifest, damaged, manifest_problems, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
+# Image ``i`` of split ``s`` is drawn from the random stream SeedSequence([seed, SPLIT_STREAMS[s], i]).
+SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+DEFAULT_NUM_TEST = 500  # images of the held-out test split (its own folder: module docstring)
 
 THING_CLASSES = [
     "disc", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon", "crescent", "heart",
@@ -88,10 +97,17 @@ class WorldSpec:
 
     @property
     def folder_name(self) -> str:
+        return self._folder(f"train{self.num_train}-val{self.num_val}")
+
+    def test_folder_name(self, num_test: int) -> str:
+        """Folder of the test split: independent of ``num_train``/``num_val``, which its images do not depend on."""
+        return self._folder(f"test{num_test}")
+
+    def _folder(self, counts: str) -> str:
         layout = "" if self.layout == "scene" else f"-{self.layout}"  # the default keeps its historical name
         return (
             f"shapes-v{GENERATOR_VERSION}-seed{self.seed}-size{self.image_size}"
-            f"-train{self.num_train}-val{self.num_val}-obj{self.min_objects}to{self.max_objects}{layout}"
+            f"-{counts}-obj{self.min_objects}to{self.max_objects}{layout}"
         )
 
     def num_images(self, split: str) -> int:
@@ -104,6 +120,17 @@ def default_cache_dir() -> str:
 
 def world_root(spec: WorldSpec, cache_dir: str | None = None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), spec.folder_name)
+
+
+def split_root(spec: WorldSpec, split: str, cache_dir: str | None = None, num_test: int = DEFAULT_NUM_TEST) -> str:
+    """The folder holding ``split``: the world's for train/val, the test split's own otherwise."""
+    if split == "test":
+        return os.path.join(cache_dir or default_cache_dir(), spec.test_folder_name(num_test))
+    return world_root(spec, cache_dir)
+
+
+def split_size(spec: WorldSpec, split: str, num_test: int = DEFAULT_NUM_TEST) -> int:
+    return num_test if split == "test" else spec.num_images(split)
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -215,8 +242,7 @@ def render_image(spec: WorldSpec, split: str, index: int):
     ``instance_ids`` is 0 on background and k+1 on the visible pixels of ``objects[k]`` (a class index
     into THING_CLASSES). Objects are painted in order, so later ones occlude earlier ones.
     """
-    split_id = {"train": 0, "val": 1}[split]
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, split_id, index]))
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, SPLIT_STREAMS[split], index]))
     size = spec.image_size
     rgb, stuff = _background(size, rng)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -325,7 +351,7 @@ def _generate_one(args):
     pan_rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
     Image.fromarray(pan_rgb).save(os.path.join(root, "panoptic", split, stem + ".png"))
 
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7, {"train": 0, "val": 1}[split], index]))
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7, SPLIT_STREAMS[split], index]))
     drawn_stuff = sorted(int(s) for s in np.unique(stuff))  # the horizon always crosses the image: two regions
     image = {"id": image_id, "file_name": stem + ".jpg", "height": size, "width": size}
     labels = {"image_id": image_id, "file_name": stem + ".jpg",
@@ -348,10 +374,11 @@ def _write_json(path: str, obj) -> None:
         json.dump(obj, f, sort_keys=True, separators=(",", ":"))
 
 
-def _generate_split(spec: WorldSpec, split: str, root: str, workers: int) -> None:
+def _generate_split(spec: WorldSpec, split: str, root: str, workers: int, count: int | None = None) -> None:
     for sub in ("images", "sem_seg", "panoptic"):
         os.makedirs(os.path.join(root, sub, split), exist_ok=True)
-    jobs = [(spec, split, i, root) for i in range(spec.num_images(split))]
+    count = spec.num_images(split) if count is None else count
+    jobs = [(spec, split, i, root) for i in range(count)]
     from tqdm import tqdm
 
     if workers > 1 and len(jobs) >= 64:
@@ -464,18 +491,40 @@ def _adopt(spec: WorldSpec, root: str) -> None:
         logger.warning("Cannot write %s in %s (%s)", MANIFEST, root, e)
 
 
+def ensure_split(spec: WorldSpec, split: str, cache_dir: str | None = None, num_test: int = DEFAULT_NUM_TEST,
+                 workers: int | None = None) -> str:
+    """Returns the folder holding ``split`` (see :func:`split_root`), generating it first if it is absent."""
+    if split != "test":
+        return ensure_world(spec, cache_dir, workers)
+    root = split_root(spec, split, cache_dir, num_test)
+    fix = f"it is generated again, byte-identical ({os.path.basename(root)})"
+    if os.path.isfile(os.path.join(root, "world.json")):
+        if not check_manifest("the synthetic world's test split", root, fix):
+            write_manifest(root)  # generated before manifests existed (its folder was renamed into place whole)
+        return root
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    logger.info("Generating the test split %s (one-time)", os.path.basename(root))
+    with atomic_directory(root, is_complete=lambda r: os.path.isfile(os.path.join(r, "world.json"))) as tmp:
+        _generate_split(spec, split, tmp, workers, count=num_test)
+        params = {k: v for k, v in asdict(spec).items() if k not in ("num_train", "num_val")}
+        _write_json(os.path.join(tmp, "world.json"), {"version": GENERATOR_VERSION, **params, "num_test": num_test})
+        write_manifest(tmp)
+    return root
+
+
 # ------------------------------------------------------------------------------------------ registration
 def _load_labels(root: str, split: str) -> dict:
     with open(os.path.join(root, "annotations", f"labels_{split}.json")) as f:
         return {e["file_name"]: e for e in json.load(f)["images"]}
 
 
-def load_shapes_sem_seg(spec: WorldSpec, split: str, cache_dir: str | None = None) -> list[dict]:
+def load_shapes_sem_seg(spec: WorldSpec, split: str, cache_dir: str | None = None,
+                        num_test: int = DEFAULT_NUM_TEST) -> list[dict]:
     """Semantic records in detectron2's format, plus ``image_labels`` (class ids) and ``caption``."""
-    root = ensure_world(spec, cache_dir)
+    root = ensure_split(spec, split, cache_dir, num_test)
     labels = _load_labels(root, split)
     records = []
-    for i in range(spec.num_images(split)):
+    for i in range(split_size(spec, split, num_test)):
         stem = f"{i:06d}"
         lab = labels[stem + ".jpg"]
         records.append({
@@ -500,17 +549,18 @@ def _panoptic_metadata() -> dict:
     }
 
 
-def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache_dir: str | None = None) -> None:
-    """Registers ``{prefix}_{sem_seg,instance,panoptic}_{train,val}``; nothing is generated until loaded."""
+def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache_dir: str | None = None,
+                    num_test: int = DEFAULT_NUM_TEST) -> None:
+    """Registers ``{prefix}_{sem_seg,instance,panoptic}_{train,val,test}``; nothing is generated until loaded."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.coco import load_coco_json
     from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
-    root = world_root(spec, cache_dir)
-    for split in ("train", "val"):
-        common = {"world_spec": asdict(spec), "world_root": root}
+    for split in SPLIT_STREAMS:
+        root = split_root(spec, split, cache_dir, num_test)
+        common = {"world_spec": asdict(spec), "world_root": root, "num_test": num_test}
         name = f"{prefix}_sem_seg_{split}"
-        DatasetCatalog.register(name, lambda s=split: load_shapes_sem_seg(spec, s, cache_dir))
+        DatasetCatalog.register(name, lambda s=split: load_shapes_sem_seg(spec, s, cache_dir, num_test))
         MetadataCatalog.get(name).set(
             stuff_classes=list(SEM_SEG_CLASSES), stuff_colors=list(SEM_SEG_COLORS), ignore_label=255,
             evaluator_type="sem_seg", image_root=os.path.join(root, "images", split),
@@ -522,7 +572,7 @@ def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache
         name = f"{prefix}_instance_{split}"
 
         def _load_instances(s=split, n=name, j=inst_json, r=image_root):
-            ensure_world(spec, cache_dir)
+            ensure_split(spec, s, cache_dir, num_test)
             return load_coco_json(j, r, n)
 
         DatasetCatalog.register(name, _load_instances)
@@ -537,8 +587,8 @@ def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache
         name = f"{prefix}_panoptic_{split}"
         meta = _panoptic_metadata()
 
-        def _load_panoptic(j=pan_json, r=image_root, p=pan_root, m=meta):
-            ensure_world(spec, cache_dir)
+        def _load_panoptic(s=split, j=pan_json, r=image_root, p=pan_root, m=meta):
+            ensure_split(spec, s, cache_dir, num_test)
             return load_coco_panoptic_json(j, r, p, m)
 
         DatasetCatalog.register(name, _load_panoptic)
@@ -556,14 +606,15 @@ def register_shapes_from_cfg(cfg, prefix: str = "shapes") -> WorldSpec:
     spec = WorldSpec(seed=cfg.SHAPES.SEED, image_size=cfg.SHAPES.IMAGE_SIZE, num_train=cfg.SHAPES.NUM_TRAIN,
                      num_val=cfg.SHAPES.NUM_VAL)
     cache_dir = cfg.SHAPES.CACHE_DIR or None
-    current = MetadataCatalog.get(f"{prefix}_sem_seg_train").get("world_root")
-    if current == world_root(spec, cache_dir):
+    num_test = cfg.SHAPES.NUM_TEST
+    current = [MetadataCatalog.get(f"{prefix}_sem_seg_{s}").get("world_root") for s in ("train", "test")]
+    if current == [world_root(spec, cache_dir), split_root(spec, "test", cache_dir, num_test)]:
         return spec
     for kind in ("sem_seg", "instance", "panoptic"):
-        for split in ("train", "val"):
+        for split in SPLIT_STREAMS:
             name = f"{prefix}_{kind}_{split}"
             if name in DatasetCatalog.list():
                 DatasetCatalog.remove(name)
                 MetadataCatalog.remove(name)
-    register_shapes(prefix, spec, cache_dir)
+    register_shapes(prefix, spec, cache_dir, num_test)
     return spec

@@ -6,7 +6,8 @@
   (both defined in :mod:`fmwiss_d2.utils`, shared with the engine's checkpointer);
 * :func:`atomic_save` writes through a temporary sibling file renamed into place;
 * :func:`cache_key` hashes the (seed, data, config) a pretrained model depends on;
-* :func:`file_lock` serializes concurrent pretraining of the same cached model.
+* :func:`file_lock` serializes concurrent pretraining of the same cached model;
+* :func:`require_synthetic_world` refuses an ``"auto:shapes"`` checkpoint for a config on real data.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from ...utils.io import atomic_open
 
 __all__ = [
     "CheckpointMismatchError", "read_checkpoint", "check_state_dict", "atomic_save", "cache_key", "file_lock",
-    "foundation_cache_dir",
+    "foundation_cache_dir", "require_synthetic_world",
 ]
+
+SYNTHETIC_PREFIXES = ("shapes_", "tiny_shapes_")  # names of the synthetic world's datasets (and tasks on it)
 
 
 def foundation_cache_dir(cache_dir: str | None = None) -> str:
@@ -83,3 +86,30 @@ def file_lock(path: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_synthetic(dataset_name: str) -> bool:
+    """A dataset of the synthetic world: by name, by its ``world_spec`` metadata (any registration prefix), or
+    through the base dataset of an incremental step."""
+    from detectron2.data import MetadataCatalog
+
+    if dataset_name.startswith(SYNTHETIC_PREFIXES):
+        return True
+    if dataset_name not in MetadataCatalog.list():
+        return False
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("world_spec") is not None:
+        return True
+    base = meta.get("base_dataset")
+    return bool(base) and base != dataset_name and _is_synthetic(base)
+
+
+def require_synthetic_world(cfg, key: str, example: str) -> None:
+    """``"auto:shapes"`` means a tiny model pretrained on the synthetic world: a config that trains or tests on
+    other data must not get it silently. Raises a ValueError naming the config ``key`` to set instead."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    foreign = [n for n in names if not _is_synthetic(n)]
+    if foreign:
+        raise ValueError(
+            f"{key} is 'auto:shapes' (a tiny model pretrained on the synthetic world), but the config's datasets "
+            f"{foreign} are not the synthetic world's. Set {key} to a local {example}, or to '' for random weights.")

@@ -343,12 +343,15 @@ def build_clip(
 
 
 def build_clip_from_cfg(cfg, device: str | torch.device | None = None) -> CLIPWrapper:
-    """:func:`build_clip` from ``cfg.MODEL.CLIP`` (``"auto:shapes"`` uses ``cfg.SHAPES``'s world)."""
+    """:func:`build_clip` from ``cfg.MODEL.CLIP`` (``"auto:shapes"`` uses ``cfg.SHAPES``'s world, and only for a
+    config on that world's datasets)."""
     c = cfg.MODEL.CLIP
     checkpoint = c.CHECKPOINT
     if checkpoint.startswith(AUTO_PREFIX):
+        from .checkpoint import require_synthetic_world
         from .pretrain_clip import ensure_tiny_clip, pretrain_config_from_cfg
 
+        require_synthetic_world(cfg, "MODEL.CLIP.CHECKPOINT", "open_clip checkpoint (e.g. open_clip_pytorch_model.bin)")
         spec, cache_dir, train_cfg = pretrain_config_from_cfg(cfg)
         checkpoint = ensure_tiny_clip(spec, cache_dir, model_name=c.MODEL_NAME, config=train_cfg)
     return build_clip(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fmwiss_d2.data.datasets.coco import rgb_to_panoptic_id
 from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec,
-                                            ensure_world, load_shapes_sem_seg)
+                                            ensure_split, load_shapes_sem_seg)
 
 __all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "gaussian_blur",
            "instance_crops", "load_world_segments", "crop_captions"]
@@ -128,7 +128,7 @@ def instance_crops(spec: WorldSpec, split: str, cache_dir: str | None, out_size:
     """
     from torchvision.ops import roi_align
 
-    root = ensure_world(spec, cache_dir)
+    root = ensure_split(spec, split, cache_dir)
     with open(os.path.join(root, "annotations", f"instances_{split}.json")) as f:
         coco = json.load(f)
     files = {im["id"]: im["file_name"] for im in coco["images"]}
@@ -158,7 +158,7 @@ def load_world_segments(spec: WorldSpec, split: str, cache_dir: str | None = Non
     """Panoptic segments of a split: ``(seg (N, S, S) int16 segment index per pixel, categories)``, where
     ``categories[i][j]`` is segment ``j``'s class in ``THING_CLASSES + STUFF_CLASSES`` order (0..9 things,
     10..13 stuff), read from the world's panoptic PNGs and JSON."""
-    root = ensure_world(spec, cache_dir)
+    root = ensure_split(spec, split, cache_dir)
     with open(os.path.join(root, "annotations", f"panoptic_{split}.json")) as f:
         anns = json.load(f)["annotations"]
     segs, cats = [], []

@@ -235,12 +235,15 @@ def build_dino(
 
 
 def build_dino_from_cfg(cfg, device: str | torch.device | None = None) -> DINOWrapper:
-    """:func:`build_dino` from ``cfg.MODEL.DINO`` (``"auto:shapes"`` uses ``cfg.SHAPES``'s world)."""
+    """:func:`build_dino` from ``cfg.MODEL.DINO`` (``"auto:shapes"`` uses ``cfg.SHAPES``'s world, and only for a
+    config on that world's datasets)."""
     c = cfg.MODEL.DINO
     checkpoint = c.CHECKPOINT
     if checkpoint.startswith(AUTO_PREFIX):
+        from .checkpoint import require_synthetic_world
         from .pretrain_dino import ensure_tiny_dino, pretrain_config_from_cfg
 
+        require_synthetic_world(cfg, "MODEL.DINO.CHECKPOINT", "DINO checkpoint (e.g. dino_vitbase8_pretrain.pth)")
         spec, cache_dir, train_cfg = pretrain_config_from_cfg(cfg)
         checkpoint = ensure_tiny_dino(spec, cache_dir, arch=c.ARCH, patch_size=c.PATCH_SIZE, config=train_cfg)
     return build_dino(c.ARCH, checkpoint, patch_size=c.PATCH_SIZE, checkpoint_key=c.CHECKPOINT_KEY,

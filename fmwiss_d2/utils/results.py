@@ -1,0 +1,398 @@
+"""Regenerable results tables: every number in the README comes from a command that anyone can run again.
+
+A :class:`Table` is plain data: the commands one seed runs (the repository's own CLI tools), the file its
+numbers are read from and how (a reader of :data:`READERS`), the seeds, and the published numbers it is shown
+beside. :func:`run_table` runs the seeds that have no result yet (each in its own output folder, its commands'
+output logged there), and :func:`write_table` writes ``results/<table>.json`` atomically with the commit, the
+exact commands, per-seed numbers, mean ± std, threads and wall times; :func:`render_markdown` turns that file
+into the README's table and :func:`replace_block` puts it between ``<!-- results:<table> -->`` and
+``<!-- /results:<table> -->``. ``tools/reproduce.py`` is the command line; ``make results`` runs every table.
+
+Placeholders in a command: ``{python}`` (the running interpreter), ``{seed}`` and ``{out}`` (the seed's output
+folder). A seed is finished when its ``result.json`` exists (written after every command succeeded and its
+numbers were read); ``force`` deletes the seed's folder and runs it again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from .io import atomic_write_json
+
+__all__ = ["Table", "TABLES", "READERS", "register_table", "run_table", "run_seed", "finished_records", "summarize",
+           "write_table", "render_markdown", "table_markdown", "replace_block", "update_readme", "git_state",
+           "ResultsError", "shell_command"]
+
+SEED_RESULT = "result.json"  # per seed, in its output folder: written last, so its presence means "finished"
+
+
+class ResultsError(RuntimeError):
+    """A seed's command failed, its result file is missing or lacks a metric, or a README block is absent."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One results table, as data.
+
+    Attributes:
+        name: the key (``tools/reproduce.py NAME``, ``results/NAME.json``, the README markers).
+        title: one line saying what is measured, on which split.
+        commands: argv templates run in order for each seed (placeholders: module docstring).
+        reader: a key of :data:`READERS`, reading ``result_file`` into ``{key: value}``.
+        result_file: the file the numbers are read from, relative to the seed's output folder.
+        metrics: ``(column, key)`` pairs: which reader keys are shown, under which column name, in order.
+        seeds: the seeds run.
+        paper: published numbers by column (``/work``'s ANCHORS.md), absent where there is none.
+        paper_source: what the published numbers measure (model, dataset, split): never the synthetic world.
+        digits: decimals shown in Markdown.
+        notes: caveats shown under the table.
+    """
+
+    name: str
+    title: str
+    commands: tuple[tuple[str, ...], ...]
+    reader: str
+    result_file: str
+    metrics: tuple[tuple[str, str], ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    paper: Mapping[str, float] = field(default_factory=dict)
+    paper_source: str = ""
+    digits: int = 1
+    notes: str = ""
+
+    def argv(self, seed: int, out: str) -> list[list[str]]:
+        """The exact commands of ``seed`` (placeholders filled in)."""
+        values = {"{python}": sys.executable, "{seed}": str(seed), "{out}": out}
+
+        def fill(part: str) -> str:  # plain replacement: a command may hold other braces (python -c code)
+            for k, v in values.items():
+                part = part.replace(k, v)
+            return part
+
+        return [[fill(part) for part in command] for command in self.commands]
+
+
+# ------------------------------------------------------------------------------------------------- readers
+def _read_detectron2_metrics(path: str) -> dict:
+    """detectron2's ``metrics.json`` (one JSON object per line): the last value of every key."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                out.update(json.loads(line))
+    return out
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out = {}
+    for k, v in obj.items():
+        out.update(_flatten(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+
+
+def _read_json(path: str) -> dict:
+    """A JSON object; nested keys joined with ``/``."""
+    with open(path) as f:
+        return _flatten(json.load(f))
+
+
+def _read_last_json_line(path: str) -> dict:
+    """The last line of a log that is a JSON object (what the bench tools print); nested keys joined with ``/``."""
+    with open(path) as f:
+        for line in reversed(f.read().splitlines()):
+            if line.startswith("{"):
+                try:
+                    return _flatten(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    raise ResultsError(f"no JSON line in {path}")
+
+
+def _read_incremental_summary(path: str) -> dict:
+    """``tools/run_incremental.py``'s ``summary.json``: ``{method}/{column}`` after the last step of the task."""
+    with open(path) as f:
+        summary = json.load(f)
+    last = max(row["step"] for row in summary["steps"])
+    return {f"{row['method']}/{k}": v for row in summary["steps"] if row["step"] == last
+            for k, v in row.items() if k not in ("method", "step")}
+
+
+READERS: dict[str, Callable[[str], dict]] = {
+    "detectron2_metrics": _read_detectron2_metrics,
+    "json": _read_json,
+    "last_json_line": _read_last_json_line,
+    "incremental_summary": _read_incremental_summary,
+}
+
+
+# ------------------------------------------------------------------------------------------------- running
+def git_state(cwd: str) -> dict:
+    """``{"commit": HEAD, "dirty": tracked files differ from HEAD}``; ``None``s outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())}
+
+
+def _read_metrics(table: Table, out: str) -> dict:
+    path = os.path.join(out, table.result_file)
+    if not os.path.isfile(path):
+        raise ResultsError(f"{table.name}: the commands succeeded but wrote no {path}")
+    values = READERS[table.reader](path)
+    missing = [key for _, key in table.metrics if key not in values]
+    if missing:
+        raise ResultsError(f"{table.name}: {path} lacks {missing} (has {sorted(values)[:20]})")
+    return {column: values[key] for column, key in table.metrics}
+
+
+def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = False, log=print) -> dict:
+    """Runs one seed unless its ``result.json`` exists (``force``: its folder is deleted and it runs again).
+    Returns that record: seed, metrics, commands, wall time, commit, threads."""
+    out = os.path.abspath(os.path.join(root, table.name, f"seed{seed}"))
+    done = os.path.join(out, SEED_RESULT)
+    if os.path.isfile(done) and not force:
+        log(f"[{table.name}] seed {seed}: finished before ({done}), skipped")
+        with open(done) as f:
+            return json.load(f)
+    if force and os.path.isdir(out):
+        shutil.rmtree(out)  # the tools resume or skip what they find: a forced run starts from nothing
+    os.makedirs(out, exist_ok=True)
+    commands = table.argv(seed, out)
+    t0 = time.time()
+    for k, argv in enumerate(commands):
+        log_path = os.path.join(out, f"command{k}.log")
+        log(f"[{table.name}] seed {seed}: {shell_command(argv)}  (log: {log_path})")
+        with open(log_path, "w") as f:
+            proc = subprocess.run(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            with open(log_path) as f:
+                tail = "".join(f.readlines()[-15:])
+            raise ResultsError(f"{table.name}: seed {seed}: command {k} exited with {proc.returncode}: "
+                               f"{shell_command(argv)}\n--- last lines of {log_path}:\n{tail}")
+    record = {"seed": seed, "metrics": _read_metrics(table, out), "commands": commands,
+              "wall_s": round(time.time() - t0, 1), **git_state(cwd), "threads": _threads(),
+              "output_dir": out}
+    atomic_write_json(done, record, indent=1)
+    return record
+
+
+def run_table(table: Table, root: str, *, cwd: str, seeds: Sequence[int] | None = None, force: bool = False,
+              log=print) -> list[dict]:
+    """Runs (or reuses) ``seeds`` (default: every seed of ``table``); returns the records of all the table's
+    finished seeds, in seed order, so that rerunning one seed keeps the others in the table."""
+    for s in seeds or table.seeds:
+        run_seed(table, s, root, cwd=cwd, force=force, log=log)
+    return finished_records(table, root)
+
+
+def finished_records(table: Table, root: str) -> list[dict]:
+    """The ``result.json`` records of the table's seeds that have one."""
+    records = []
+    for s in table.seeds:
+        path = os.path.join(root, table.name, f"seed{s}", SEED_RESULT)
+        if os.path.isfile(path):
+            with open(path) as f:
+                records.append(json.load(f))
+    return records
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def summarize(table: Table, records: Sequence[dict], *, cwd: str) -> dict:
+    """The ``results/<table>.json`` content for ``records`` (one per seed)."""
+    records = sorted(records, key=lambda r: r["seed"])
+    columns = [c for c, _ in table.metrics]
+    mean, std = {}, {}
+    for c in columns:
+        values = [r["metrics"][c] for r in records if r["metrics"].get(c) is not None]
+        if values:
+            mean[c], std[c] = _mean_std(values)
+    return {
+        "table": table.name,
+        "title": table.title,
+        **git_state(cwd),
+        "seed_commits": {str(r["seed"]): r.get("commit") for r in records},
+        "commands": [list(c) for c in table.commands],
+        "seeds": [r["seed"] for r in records],
+        "per_seed": {str(r["seed"]): r["metrics"] for r in records},
+        "mean": mean,
+        "std": std,
+        "paper": dict(table.paper),
+        "paper_source": table.paper_source,
+        "threads": {str(r["seed"]): r.get("threads") for r in records},
+        "wall_s": {str(r["seed"]): r.get("wall_s") for r in records},
+        "notes": table.notes,
+        "digits": table.digits,
+    }
+
+
+def write_table(table: Table, records: Sequence[dict], results_dir: str, *, cwd: str) -> str:
+    """Writes ``results_dir/<table>.json`` atomically; returns its path."""
+    path = os.path.join(results_dir, f"{table.name}.json")
+    atomic_write_json(path, summarize(table, records, cwd=cwd), indent=1)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ Markdown
+def _fmt(v, digits: int) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    """A command line that can be pasted into a shell (placeholders such as ``{seed}`` left readable)."""
+    return " ".join(a if re.fullmatch(r"[\w@%+=:,./{}-]+", a) else shlex.quote(a) for a in argv)
+
+
+def render_markdown(result: dict) -> str:
+    """The table of a ``results/<table>.json``: one row per metric, ours (mean ± std and per seed) beside the paper."""
+    seeds, digits = result["seeds"], result["digits"]
+    lines = [
+        f"| metric | ours: mean ± std over seeds {', '.join(map(str, seeds))} | per seed | paper |",
+        "|---|---|---|---|",
+    ]
+    for column, mean in result["mean"].items():
+        per_seed = ", ".join(_fmt(result["per_seed"][str(s)].get(column), digits) for s in seeds)
+        ours = f"{_fmt(mean, digits)} ± {_fmt(result['std'][column], digits)}"
+        lines.append(f"| {column} | {ours} | {per_seed} | {_fmt(result['paper'].get(column), digits)} |")
+    commit = (result["commit"] or "unknown")[:7] + (" (uncommitted changes)" if result["dirty"] else "")
+    walls = ", ".join(f"{_fmt(result['wall_s'][str(s)], 0)} s" for s in seeds)
+    threads = sorted({t for t in result["threads"].values() if t is not None})
+    lines += [
+        "",
+        f"{result['title']}. Commit {commit}; {', '.join(map(str, threads))} thread(s); wall time per seed {walls}.",
+        "Commands (per seed): " + "; ".join(f"`{shell_command(c)}`" for c in result["commands"]) + ".",
+    ]
+    if result["paper_source"]:
+        lines.append(f"Paper: {result['paper_source']}.")
+    if result["notes"]:
+        lines.append(result["notes"])
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(name: str, results_dir: str) -> str:
+    """:func:`render_markdown` of ``results_dir/<name>.json``."""
+    path = os.path.join(results_dir, f"{name}.json")
+    if not os.path.isfile(path):
+        raise ResultsError(f"no {path}: run `python tools/reproduce.py {name}` first")
+    with open(path) as f:
+        return render_markdown(json.load(f))
+
+
+def update_readme(readme: str, name: str, block: str) -> None:
+    """Replaces the table's block in the file ``readme`` (see :func:`replace_block`), atomically."""
+    from .io import atomic_open
+
+    with open(readme) as f:
+        text = replace_block(f.read(), name, block)
+    with atomic_open(readme) as f:
+        f.write(text)
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """``text`` with the lines between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` replaced by
+    ``block`` (markers kept). Raises :class:`ResultsError` when the markers are not there exactly once."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ResultsError(f"README needs exactly one '{start}' ... '{end}' block (in that order) for table {name}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
+
+
+# ------------------------------------------------------------------------------------------------- tables
+TABLES: dict[str, Table] = {}
+
+
+def register_table(table: Table) -> Table:
+    if table.name in TABLES:
+        raise ValueError(f"results table {table.name!r} is already registered")
+    TABLES[table.name] = table
+    return table
+
+
+_TRAIN = ("{python}", "tools/train_net.py")
+_INCREMENTAL = ("{python}", "tools/run_incremental.py")
+_MIB_PAPER = "MiB (CVPR 2020), DeepLabV3 ResNet-101, Pascal VOC 2012, {task} overlapped (paper Table 1); not the synthetic world"
+_INCREMENTAL_METRICS = (
+    ("MiB old", "MiB/mIoU_old"), ("MiB new", "MiB/mIoU_new"), ("MiB all", "MiB/mIoU_all"),
+    ("Finetune old", "Finetune/mIoU_old"), ("Finetune new", "Finetune/mIoU_new"), ("Finetune all", "Finetune/mIoU_all"),
+    ("Joint all", "Joint/mIoU_all"),
+)
+# Incremental steps are evaluated on what the task lists (tasks.py: shapes_sem_seg_val today), not on the test
+# split, until the task table gives each shapes step a "test" evaluation as well.
+_INCREMENTAL_NOTE = ("Evaluated on the task's step datasets built on `shapes_sem_seg_val` (the tasks do not list "
+                     "the test split yet), after the last step.")
+
+
+def _incremental(name: str, config: str, task: str, paper_task: str, paper: dict) -> Table:
+    return Table(
+        name=name,
+        title=f"MiB vs fine-tuning vs joint training, task {task} (overlap), mIoU % old / new / all ({config})",
+        commands=(_INCREMENTAL + ("--config-file", config, "--methods", "MiB,Finetune,Joint",
+                                  "INCREMENTAL.TASK", task, "SEED", "{seed}", "OUTPUT_DIR", "{out}"),),
+        reader="incremental_summary", result_file=f"{task}_overlap/summary.json", metrics=_INCREMENTAL_METRICS,
+        paper=paper, paper_source=_MIB_PAPER.format(task=paper_task), notes=_INCREMENTAL_NOTE,
+    )
+
+
+_VOC_15_5 = {"MiB old": 75.5, "MiB new": 49.4, "MiB all": 69.0, "Joint all": 77.4}
+_VOC_15_1 = {"MiB old": 35.1, "MiB new": 13.5, "MiB all": 29.7, "Joint all": 77.4}
+
+register_table(Table(
+    name="mask2former_semantic",
+    title="Tiny Mask2Former, semantic segmentation, synthetic world, test split (500 images), mIoU %",
+    commands=(_TRAIN + ("--config-file", "configs/shapes/mask2former_semantic.yaml",
+                        "DATASETS.TEST", '("shapes_sem_seg_test",)', "SEED", "{seed}", "OUTPUT_DIR", "{out}"),),
+    reader="detectron2_metrics", result_file="metrics.json", metrics=(("mIoU", "sem_seg/mIoU"),),
+    paper={"mIoU": 47.2}, paper_source="Mask2Former R50, ADE20K semantic (MODEL_ZOO); not the synthetic world",
+))
+register_table(Table(
+    name="mask2former_panoptic",
+    title="Tiny Mask2Former, panoptic segmentation, synthetic world, test split (500 images), PQ",
+    commands=(_TRAIN + ("--config-file", "configs/shapes/mask2former_panoptic.yaml",
+                        "DATASETS.TEST", '("shapes_panoptic_test",)', "SEED", "{seed}", "OUTPUT_DIR", "{out}"),),
+    reader="detectron2_metrics", result_file="metrics.json",
+    metrics=(("PQ", "panoptic_seg/PQ"), ("PQ things", "panoptic_seg/PQ_th"), ("PQ stuff", "panoptic_seg/PQ_st")),
+    paper={"PQ": 51.9}, paper_source="Mask2Former R50, COCO panoptic (MODEL_ZOO); not the synthetic world",
+))
+register_table(_incremental("mib_deeplabv3_6-4", "configs/shapes/mib_deeplabv3.yaml", "shapes_6-4", "15-5", _VOC_15_5))
+register_table(_incremental("mib_deeplabv3_6-2-2", "configs/shapes/mib_deeplabv3.yaml", "shapes_6-2-2", "15-1",
+                            _VOC_15_1))
+register_table(_incremental("mib_mask2former_6-4", "configs/shapes/mib_mask2former.yaml", "shapes_6-4", "15-5",
+                            _VOC_15_5))
+register_table(Table(
+    name="foundation",
+    title="Tiny CLIP and DINO pretrained on the synthetic world (training seed = table seed), test split",
+    commands=(("{python}", "tools/bench/foundation_quality.py", "--split", "test", "--clip-seed", "{seed}",
+               "--dino-seed", "{seed}"),),
+    reader="last_json_line", result_file="command0.log",
+    metrics=(("CLIP zero-shot top-1", "clip_zero_shot_top1"), ("CLIP dense mIoU", "clip_dense_miou"),
+             ("DINO foreground IoU", "dino_foreground_iou")),
+    digits=3, notes="Targets: CLIP zero-shot top-1 >= 0.80 (chance 0.10), DINO foreground IoU >= 0.5.",
+))
