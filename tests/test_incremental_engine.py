@@ -40,12 +40,12 @@ def _pair(config):
 def test_configure_step_fills_datasets_classes_and_previous_weights():
     cfg = _step_cfg(DEEPLAB, 1, out="/runs/x")
     assert cfg.DATASETS.TRAIN == ("shapes_6-4_overlap_step1_train",)
-    assert cfg.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",)
+    assert cfg.DATASETS.TEST == ("shapes_6-4_overlap_step1_test", "shapes_6-4_overlap_step1_val")
     assert list(cfg.MODEL.CLASSES_PER_STEP) == [7, 4] and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 11
     assert cfg.OUTPUT_DIR == "/runs/x/step1" and cfg.MODEL.WEIGHTS == "/runs/x/step0/model_final.pth"
     joint = _step_cfg(DEEPLAB, 1, method="Finetune", out="/runs/j", transform="Joint")
     assert joint.DATASETS.TRAIN == ("shapes_6-4-joint_overlap_step0_train",)
-    assert joint.DATASETS.TEST == ("shapes_6-4_overlap_step1_val",) and list(joint.MODEL.CLASSES_PER_STEP) == [11]
+    assert joint.DATASETS.TEST == ("shapes_6-4_overlap_step1_test", "shapes_6-4_overlap_step1_val") and list(joint.MODEL.CLASSES_PER_STEP) == [11]
     assert joint.OUTPUT_DIR == "/runs/j/joint" and joint.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS.__class__()
     with pytest.raises(IndexError, match="Step 2 is out of range"):
         _step_cfg(DEEPLAB, 2)
@@ -130,7 +130,7 @@ def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path
     spec, cache, _ = tiny_world
     argv = ["--config-file", os.path.join(ROOT, "configs", DEEPLAB), "INCREMENTAL.TASK", "shapes_6-4", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
             "SHAPES.CACHE_DIR", cache, "SHAPES.SEED", str(spec.seed), "SHAPES.IMAGE_SIZE", str(spec.image_size),
-            "SHAPES.NUM_TRAIN", str(spec.num_train), "SHAPES.NUM_VAL", str(spec.num_val),
+            "SHAPES.NUM_TRAIN", str(spec.num_train), "SHAPES.NUM_VAL", str(spec.num_val), "SHAPES.NUM_TEST", "6",
             "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.SIZE", "(64, 64)",
             "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64"]
     try:
@@ -138,6 +138,11 @@ def test_runner_trains_every_step_then_skips_finished_steps(tiny_world, tmp_path
         root = tmp_path / "shapes_6-4_overlap"
         assert [(r["method"], r["step"]) for r in summary["steps"]] == [("MiB", 0), ("MiB", 1), ("Finetune", 0), ("Finetune", 1)]
         assert (root / "summary.csv").is_file() and (root / "summary.png").is_file()
+        # reported on the held-out test split; val (where recipes are chosen) is evaluated and kept beside it
+        assert summary["split"] == "test" and {r["split"] for r in summary["steps"]} == {"test"}
+        assert sorted((r["method"], r["step"], r["split"]) for r in summary["all_splits"]) == sorted(
+            (m, k, s) for m in ("MiB", "Finetune") for k in (0, 1) for s in ("val", "test"))
+        assert {r["dataset"] for r in summary["steps"]} == {"shapes_6-4_overlap_step0_test", "shapes_6-4_overlap_step1_test"}
         assert (root / "step0" / "model_final.pth").is_file()  # step 0 is shared by the methods
         stamp = torch.load(root / "MiB" / "step1" / "model_final.pth", weights_only=False)["incremental"]
         assert stamp["step"] == 1 and len(stamp["classes"]) == 11

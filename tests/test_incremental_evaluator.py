@@ -80,10 +80,10 @@ def test_forgetting_summary_and_plot(tmp_path):
     steps = [{"a": 80.0, "b": 60.0}, {"a": 50.0, "b": 65.0, "c": 40.0}, {"a": 30.0, "b": 70.0, "c": 20.0, "d": 10.0}]
     assert forgetting(steps) == {"a": 50.0, "b": -5.0, "c": 20.0}
     rows = [{"method": m, "step": s, "mIoU_old": 70.0 - 10 * s * (m == "finetune"), "mIoU_new": float("nan") if s == 0 else 30.0,
-             "mIoU_all": 60.0, "IoU_background": 90.0} for m in ("mib", "finetune") for s in range(3)]
+             "mIoU_all": 60.0, "IoU_background": 90.0, "split": "test"} for m in ("mib", "finetune") for s in range(3)]
     write_summary(rows, str(tmp_path / "summary.csv"))
     lines = (tmp_path / "summary.csv").read_text().splitlines()
-    assert lines[0] == "method,step,mIoU_old,mIoU_new,mIoU_all,IoU_background" and len(lines) == 7
-    assert lines[6].startswith("finetune,2,50.0,30.0")
+    assert lines[0] == "method,step,split,mIoU_old,mIoU_new,mIoU_all,IoU_background" and len(lines) == 7
+    assert lines[6].startswith("finetune,2,test,50.0,30.0")
     plot_steps(rows, str(tmp_path / "steps.png"), title="toy")
     assert Image.open(tmp_path / "steps.png").size[0] > 500

@@ -101,8 +101,8 @@ def resolve_variant(name: str):
 
 
 def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> List[tuple]:
-    """``(variant, step, stage, results file)`` for every step of every variant; step 0 is shared by the
-    variants that train it the same way (the identity transform), so it runs once."""
+    """``(variant, step, stage, {eval split: results file})`` for every step of every variant; step 0 is shared
+    by the variants that train it the same way (the identity transform), so it runs once."""
     from ..data.datasets.tasks import get_task_transform, resolve_task
     from ..evaluation.incremental import results_path
 
@@ -115,7 +115,6 @@ def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> L
         transform = get_task_transform(transform_name)
         out_root = os.path.join(root, variant)
         for k in transform.steps(task):
-            dataset = task.dataset_name(setting, k, task.steps[k].val[0][0])
             opts = ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k), "METHOD.NAME", method,
                     "INCREMENTAL.TRANSFORM", transform_name]
             if k == 0 and not transform_name:  # the base step: the same for every method
@@ -127,14 +126,21 @@ def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> L
                     opts += ["INCREMENTAL.PREVIOUS_WEIGHTS", os.path.join(root, "step0", "model_final.pth")]
             folder = os.path.join(out, transform.folder(k))
             opts += ["OUTPUT_DIR", out]
-            result = results_path(os.path.join(folder, "inference"), dataset)
+            results = {split: results_path(os.path.join(folder, "inference"), task.dataset_name(setting, k, split))
+                       for split, _ in task.steps[k].val}
             if folder not in shared:
                 shared[folder] = Stage(f"{variant}/step{k}" if out != root else f"step{k}", folder,
                                        run=lambda o=opts, f=folder: train(args, o, f),
-                                       outputs=("model_final.pth", os.path.relpath(result, folder)),
+                                       outputs=["model_final.pth"] + [os.path.relpath(r, folder) for r in results.values()],
                                        key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts})
-            plan.append((variant, k, shared[folder], result))
+            plan.append((variant, k, shared[folder], results))
     return plan
+
+
+def report_split(splits: Sequence[str]) -> str:
+    """The evaluation split a protocol's comparison reports: the held-out "test" when the task has one (recipes
+    are chosen on val), else the first."""
+    return "test" if "test" in splits else list(splits)[0]
 
 
 def train_step(args, opts, folder: str) -> None:
@@ -172,25 +178,29 @@ def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_s
     plan = incremental_stages(args, cfg, variants, train)
     with OutputDirLock(root):  # one protocol per folder
         run_stages(list(dict.fromkeys(stage for _, _, stage, _ in plan)))
-    rows, per_class = [], {}
-    for variant, k, _, result in plan:
-        with open(result) as f:
-            res = json.load(f)
-        m = res["metrics"]
-        rows.append({"method": variant, "step": k, **{key: m.get(key) for key in
-                                                       ("mIoU_old", "mIoU_new", "mIoU_all", "IoU_background")}})
-        per_class.setdefault(variant, []).append(
-            {c: m.get(f"IoU-{c}") for c in res["classes"] if m.get(f"IoU-{c}") is not None})
-    summary = {"task": task.name, "setting": setting, "steps": rows,
+    all_rows, per_class = [], {}
+    split = report_split([s for s, _ in task.steps[-1].val])
+    for variant, k, _, results in plan:
+        for eval_split, result in results.items():
+            with open(result) as f:
+                res = json.load(f)
+            m = res["metrics"]
+            all_rows.append({"method": variant, "step": k, "split": eval_split, "dataset": res.get("dataset"),
+                             **{key: m.get(key) for key in ("mIoU_old", "mIoU_new", "mIoU_all", "IoU_background")}})
+            if eval_split == split:
+                per_class.setdefault(variant, []).append(
+                    {c: m.get(f"IoU-{c}") for c in res["classes"] if m.get(f"IoU-{c}") is not None})
+    rows = [r for r in all_rows if r["split"] == split]
+    summary = {"task": task.name, "setting": setting, "split": split, "steps": rows, "all_splits": all_rows,
                "forgetting": {v: forgetting(steps) for v, steps in per_class.items()}}
     atomic_write_json(os.path.join(root, "summary.json"), summary, indent=1, default=lambda x: None)
-    write_summary(rows, os.path.join(root, "summary.csv"))
-    plot_steps(rows, os.path.join(root, "summary.png"), title=f"{task.name} ({setting})")
+    write_summary(all_rows, os.path.join(root, "summary.csv"))
+    plot_steps(rows, os.path.join(root, "summary.png"), title=f"{task.name} ({setting}, {split})")
     last = task.num_steps - 1
     fmt = lambda v: "-" if v is None or v != v else f"{v:.1f}"  # noqa: E731
-    table = tabulate([[r["method"], fmt(r["mIoU_old"]), fmt(r["mIoU_new"]), fmt(r["mIoU_all"]),
-                       fmt(r["IoU_background"])] for r in rows if r["step"] == last],
-                     headers=["method", "old (1..base)", "new", "all", "background"], tablefmt="github")
-    print(f"\n{task.name} ({setting}), after the last step (mIoU %):\n{table}\n\n"
-          f"Written to {root}/summary.{{csv,json,png}}")
+    table = tabulate([[r["method"], r["split"], fmt(r["mIoU_old"]), fmt(r["mIoU_new"]), fmt(r["mIoU_all"]),
+                       fmt(r["IoU_background"])] for r in all_rows if r["step"] == last],
+                     headers=["method", "split", "old (1..base)", "new", "all", "background"], tablefmt="github")
+    print(f"\n{task.name} ({setting}), after the last step (mIoU %; recipes chosen on val, reported on "
+          f"{split}):\n{table}\n\nWritten to {root}/summary.{{csv,json,png}}")
     return summary

@@ -126,8 +126,8 @@ def _isnan(x) -> bool:
 
 
 def write_summary(rows: list[dict], csv_path: str) -> None:
-    """rows: dicts with method, step, mIoU_old, mIoU_new, mIoU_all, IoU_background (one per method and step)."""
-    keys = ["method", "step", "mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"]
+    """rows: dicts with method, step, (evaluation) split, mIoU_old, mIoU_new, mIoU_all, IoU_background."""
+    keys = ["method", "step", "split", "mIoU_old", "mIoU_new", "mIoU_all", "IoU_background"]
     with atomic_open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()

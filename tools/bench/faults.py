@@ -87,7 +87,7 @@ def main(argv=None):
     def run(out, fault=""):
         cmd = [sys.executable, child, "--config-file", os.path.join(ROOT, "configs", "shapes", "mib_deeplabv3.yaml"),
                "--methods", "MiB", "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "SHAPES.CACHE_DIR", env["FMWISS_CACHE"],
-               "SHAPES.SEED", "3", "SHAPES.IMAGE_SIZE", "64", "SHAPES.NUM_TRAIN", "24", "SHAPES.NUM_VAL", "8",
+               "SHAPES.SEED", "3", "SHAPES.IMAGE_SIZE", "64", "SHAPES.NUM_TRAIN", "24", "SHAPES.NUM_VAL", "8", "SHAPES.NUM_TEST", "8",
                "SOLVER.MAX_ITER", "4", "INCREMENTAL.STEP_MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
                "SOLVER.IMS_PER_BATCH", "2", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TRAIN", "(64,)",
                "INPUT.MIN_SIZE_TEST", "64", "SEED", "7"]
