@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from detectron2.utils.registry import Registry
 
-from ...utils.errors import DamagedCacheError, UserError, registry_get
+from ...utils.errors import DamagedCacheError, UnknownNameError, UserError, registry_get
 from ...utils.io import atomic_open, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -345,7 +345,8 @@ TASKS: dict[str, IncrementalTask] = {}
 
 def get_task(name: str) -> IncrementalTask:
     if name not in TASKS:
-        raise KeyError(f"Unknown incremental task '{name}'. Registered tasks: {', '.join(sorted(TASKS))}")
+        raise UnknownNameError(f"Unknown incremental task '{name}' (INCREMENTAL.TASK). Registered tasks: "
+                               f"{', '.join(sorted(TASKS))}; or give a task YAML file (configs/tasks/)")
     return TASKS[name]
 
 
