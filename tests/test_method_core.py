@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog
-from detectron2.engine import HookBase
 from detectron2.utils.events import EventStorage
 
 import _example_method  # noqa: F401  (registers ImageLabelHeadExample)
+from _hooks import Crash, LossRecorder
 from _model_cfg import tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,21 +24,6 @@ TINY = ["DATASETS.TRAIN", '("tiny_shapes_sem_seg_train",)', "INPUT.MIN_SIZE_TRAI
         "SOLVER.WARMUP_ITERS", "0", "SEED", "7"]
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-class _Recorder(HookBase):
-    def __init__(self, log, crash_after=None):
-        self.log, self.crash_after = log, crash_after
-
-    def after_step(self):
-        self.log[self.trainer.iter] = {k: v.latest() for k, v in self.trainer.storage.histories().items()
-                                       if k.startswith("loss") or k == "total_loss"}
-        if self.trainer.iter == self.crash_after:
-            raise _Crash()
-
-
 def _train(cfg, log, *, resume=False, crash_after=None):
     from detectron2.utils.env import seed_all_rng
 
@@ -46,7 +31,7 @@ def _train(cfg, log, *, resume=False, crash_after=None):
 
     seed_all_rng(cfg.SEED)  # what default_setup does for tools/train_net.py
     trainer = Trainer(cfg)
-    trainer.register_hooks([_Recorder(log, crash_after)])
+    trainer.register_hooks([LossRecorder(log, crash_after)])
     trainer.resume_or_load(resume=resume)
     trainer.train()
     return trainer
@@ -78,7 +63,7 @@ def test_a_method_without_a_task_owns_its_parts_resumes_exactly_and_evaluates(ti
     assert set(ckpt["method"]) == {"head.weight", "head.bias"}  # frozen projection never saved
     assert set(ckpt["model"]) == set(method.model.state_dict())
 
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         _train(cfg_for(tmp_path / "b"), first, crash_after=1)
     _train(cfg_for(tmp_path / "b"), resumed, resume=True)
     assert sorted(first) == [0, 1] and sorted(resumed) == [2, 3]

@@ -161,3 +161,23 @@ def test_builtin_tables_point_at_real_files():
             assert os.path.isfile(os.path.join(ROOT, argv[1])), argv
             if "--config-file" in argv:
                 assert os.path.isfile(os.path.join(ROOT, argv[argv.index("--config-file") + 1]))
+
+
+def test_readme_tables_are_the_committed_results_files():
+    """Every ``results/<table>.json`` of the repository appears in the README exactly as rendered from the file
+    (regenerate with ``tools/reproduce.py --update-readme TABLE``)."""
+    import glob
+    import json
+    import os
+
+    from fmwiss_d2.utils.results import render_markdown, replace_block
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    for path in sorted(glob.glob(os.path.join(root, "results", "*.json"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if name == "gpu":  # written by tools/bench/gpu_check.sh, not a results table
+            continue
+        with open(path) as f:
+            block = render_markdown(json.load(f))
+        assert replace_block(readme, name, block) == readme, f"README's {name} table differs from {path}"

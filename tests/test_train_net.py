@@ -10,7 +10,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from detectron2.engine import HookBase
+
+from _hooks import Crash, LossRecorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "shapes", "mask2former_semantic.yaml")
@@ -29,27 +30,11 @@ def _load_train_net():
     return launch
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-class _Recorder(HookBase):
-    """Records the total loss of every iteration; optionally crashes after ``crash_after``."""
-
-    def __init__(self, log, crash_after=None):
-        self.log, self.crash_after = log, crash_after
-
-    def after_step(self):
-        self.log[self.trainer.iter] = self.trainer.storage.history("total_loss").latest()
-        if self.trainer.iter == self.crash_after:
-            raise _Crash()
-
-
 def _run(train_net, monkeypatch, out_dir, log, *, resume=False, crash_after=None):
     from fmwiss_d2.engine import Trainer
 
     orig = Trainer.build_hooks
-    monkeypatch.setattr(Trainer, "build_hooks", lambda self: orig(self) + [_Recorder(log, crash_after)])
+    monkeypatch.setattr(Trainer, "build_hooks", lambda self: orig(self) + [LossRecorder(log, crash_after)])
     args = train_net.argument_parser().parse_args(["--config-file", CONFIG] + (["--resume"] if resume else [])
                                 + TINY_OPTS + ["OUTPUT_DIR", str(out_dir)])
     try:
@@ -64,13 +49,13 @@ def test_resume_continues_exactly(tiny_world, tmp_path, monkeypatch):
     train_net = _load_train_net()
     straight, first, resumed = {}, {}, {}
     _run(train_net, monkeypatch, tmp_path / "a", straight)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         _run(train_net, monkeypatch, tmp_path / "b", first, crash_after=1)
     assert (tmp_path / "b" / "model_0000001.pth").exists() and not (tmp_path / "b" / "model_final.pth").exists()
     _run(train_net, monkeypatch, tmp_path / "b", resumed, resume=True)
     assert sorted(straight) == list(range(4)) and sorted(first) == [0, 1] and sorted(resumed) == [2, 3]
     for it in range(4):
-        assert (first if it < 2 else resumed)[it] == pytest.approx(straight[it], rel=1e-5, abs=1e-6), (it, straight, first, resumed)
+        assert (first if it < 2 else resumed)[it]["total_loss"] == pytest.approx(straight[it]["total_loss"], rel=1e-5, abs=1e-6), (it, straight, first, resumed)
     a = torch.load(tmp_path / "a" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     assert a.keys() == b.keys()
