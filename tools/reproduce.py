@@ -6,11 +6,14 @@
     python tools/reproduce.py mask2former_semantic --seeds 0 --force   # rerun seed 0 from scratch
     python tools/reproduce.py --markdown mask2former_semantic          # print results/TABLE.json as Markdown
     python tools/reproduce.py --update-readme mask2former_semantic     # ... and put it between the README markers
+    python tools/reproduce.py mib_deeplabv3_6-4 --seeds 0 --results-dir /tmp/r --output-root /tmp/o \
+        --config-overrides "SOLVER.MAX_ITER 2"          # a quick check of the plumbing, not a result
 
 Tables, readers and the file layout: fmwiss_d2/utils/results.py.
 """
 import argparse
 import os
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +32,9 @@ def main(argv=None):
     p.add_argument("--results-dir", default=os.path.join(ROOT, "results"), help="where TABLE.json goes")
     p.add_argument("--markdown", action="store_true", help="print results/TABLE.json as Markdown (runs nothing)")
     p.add_argument("--update-readme", action="store_true", help="also replace the README's block of the table")
+    p.add_argument("--config-overrides", default="", metavar="'KEY VALUE ...'",
+                   help="appended to the commands of train_net.py / run_incremental.py (quick checks; the JSON "
+                        "records them in its commands)")
     args = p.parse_args(argv)
     if args.list:
         for t in results.TABLES.values():
@@ -55,7 +61,8 @@ def run(name, args):
             results.update_readme(os.path.join(ROOT, "README.md"), name, text)
         return
     seeds = [int(s) for s in args.seeds.split(",") if s] or None
-    records = results.run_table(table, args.output_root, cwd=ROOT, seeds=seeds, force=args.force)
+    records = results.run_table(table, args.output_root, cwd=ROOT, seeds=seeds, force=args.force,
+                                overrides=shlex.split(args.config_overrides))
     print(f"written: {results.write_table(table, records, args.results_dir, cwd=ROOT)}")
 
 

@@ -69,8 +69,9 @@ class Table:
     digits: int = 1
     notes: str = ""
 
-    def argv(self, seed: int, out: str) -> list[list[str]]:
-        """The exact commands of ``seed`` (placeholders filled in)."""
+    def argv(self, seed: int, out: str, overrides: Sequence[str] = ()) -> list[list[str]]:
+        """The exact commands of ``seed`` (placeholders filled in); ``overrides`` (config ``KEY VALUE`` pairs) are
+        appended to the commands of the tools that take them (:data:`CONFIG_TOOLS`)."""
         values = {"{python}": sys.executable, "{seed}": str(seed), "{out}": out}
 
         def fill(part: str) -> str:  # plain replacement: a command may hold other braces (python -c code)
@@ -78,7 +79,20 @@ class Table:
                 part = part.replace(k, v)
             return part
 
-        return [[fill(part) for part in command] for command in self.commands]
+        return [[fill(part) for part in command] + (list(overrides) if takes_overrides(command) else [])
+                for command in self.commands]
+
+    @property
+    def takes_overrides(self) -> bool:
+        """Whether every command of the table takes config overrides (it can run on, e.g., a tiny world)."""
+        return all(takes_overrides(c) for c in self.commands)
+
+
+CONFIG_TOOLS = ("tools/train_net.py", "tools/run_incremental.py")  # tools whose trailing words are config overrides
+
+
+def takes_overrides(command: Sequence[str]) -> bool:
+    return len(command) > 1 and command[1] in CONFIG_TOOLS
 
 
 # ------------------------------------------------------------------------------------------------- readers
@@ -160,7 +174,8 @@ def _read_metrics(table: Table, out: str) -> dict:
     return {column: values[key] for column, key in table.metrics}
 
 
-def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = False, log=print) -> dict:
+def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = False, log=print,
+             overrides: Sequence[str] = ()) -> dict:
     """Runs one seed unless its ``result.json`` exists (``force``: its folder is deleted and it runs again).
     Returns that record: seed, metrics, commands, wall time, commit, threads."""
     out = os.path.abspath(os.path.join(root, table.name, f"seed{seed}"))
@@ -172,7 +187,7 @@ def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = Fals
     if force and os.path.isdir(out):
         shutil.rmtree(out)  # the tools resume or skip what they find: a forced run starts from nothing
     os.makedirs(out, exist_ok=True)
-    commands = table.argv(seed, out)
+    commands = table.argv(seed, out, overrides)
     t0 = time.time()
     for k, argv in enumerate(commands):
         log_path = os.path.join(out, f"command{k}.log")
@@ -192,11 +207,11 @@ def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = Fals
 
 
 def run_table(table: Table, root: str, *, cwd: str, seeds: Sequence[int] | None = None, force: bool = False,
-              log=print) -> list[dict]:
+              log=print, overrides: Sequence[str] = ()) -> list[dict]:
     """Runs (or reuses) ``seeds`` (default: every seed of ``table``); returns the records of all the table's
     finished seeds, in seed order, so that rerunning one seed keeps the others in the table."""
     for s in seeds or table.seeds:
-        run_seed(table, s, root, cwd=cwd, force=force, log=log)
+        run_seed(table, s, root, cwd=cwd, force=force, log=log, overrides=overrides)
     return finished_records(table, root)
 
 
