@@ -31,6 +31,12 @@ def add_fmwiss_config(cfg):
     cfg.PSEUDO_LABELS.CLIP.TEMPERATURE = 0.01  # softmax temperature over the image's class + background prompts
     cfg.PSEUDO_LABELS.CLIP.THRESHOLD = 0.0  # minimum top score of a valid pixel
 
+    # Protocols (fmwiss_d2/engine/protocol.py): named variants compared by tools/run_incremental.py and
+    # tools/run_variants.py, e.g. "MiB-kd1: METHOD.NAME MiB METHOD.MIB.KD_WEIGHT 1.0" (ablations, baselines).
+    cfg.PROTOCOL = CN()
+    cfg.PROTOCOL.VARIANTS = []  # "NAME: KEY VALUE ..." config overrides of a variant (METHOD.NAME unset: the config's)
+    cfg.PROTOCOL.METRICS = ["sem_seg/mIoU"]  # "task/metric" columns of tools/run_variants.py's table
+
     # Incremental learning: which task and step this run trains (tasks live in fmwiss_d2/data/datasets/tasks.py).
     cfg.INCREMENTAL = CN()
     cfg.INCREMENTAL.TASK = ""  # e.g. "shapes_6-4"; "" = ordinary (non-incremental) training

@@ -69,7 +69,7 @@ def test_a_misspelled_method_is_refused_before_anything_trains(tmp_path):
     args = argument_parser().parse_args(["--config-file", os.path.join(ROOT, "configs", "shapes", "mib_deeplabv3.yaml"),
                                          "OUTPUT_DIR", str(tmp_path)])
     trained = []
-    with pytest.raises(UnknownNameError, match="'Fintune' is neither a method .*'Finetune'.*task transform .*'Joint'"):
+    with pytest.raises(UnknownNameError, match="'Fintune' is neither a variant .* a method .*'Finetune'.*task transform .*'Joint'"):
         run_incremental(args, ["MiB", "Fintune"], train=lambda *a: trained.append(a))
     assert trained == []
 

@@ -23,7 +23,8 @@ from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 def parse_args(argv=None):
     parser = argument_parser(__doc__)
     parser.add_argument("--methods", default="",
-                        help="comma-separated methods or task transforms, e.g. MiB,Finetune,Joint; default: METHOD.NAME")
+                        help="comma-separated methods, task transforms or PROTOCOL.VARIANTS names, e.g. MiB,Finetune,Joint; "
+                             "default: METHOD.NAME")
     return parser.parse_args(argv)
 
 

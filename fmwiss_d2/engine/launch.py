@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import time
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -14,7 +17,7 @@ from ..data.datasets.shapes import register_shapes_from_cfg
 from ..utils.errors import run_cli
 from .incremental import configure_step
 from .lock import OutputDirLock
-from .trainer import Trainer, default_device_check
+from .trainer import Trainer, default_device_check, results_file
 
 __all__ = ["argument_parser", "setup", "main", "launch_main"]
 
@@ -54,11 +57,16 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         return Trainer.test(cfg, Trainer.build_eval_model(cfg, cfg.MODEL.WEIGHTS))
+    start = time.time()
     with OutputDirLock(cfg.OUTPUT_DIR, enabled=comm.is_main_process()):  # one trainer per folder
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
-    return getattr(trainer, "_last_eval_results", None)  # Trainer.test has logged them as a table
+    path = results_file(cfg.OUTPUT_DIR)  # written by this run's final evaluation (Trainer.test)
+    if comm.is_main_process() and os.path.isfile(path) and os.path.getmtime(path) >= start:
+        with open(path) as f:
+            return json.load(f)
+    return None
 
 
 def _main_cli(args):

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Sequence
 from tabulate import tabulate
 
 from ..utils.errors import UnknownNameError, UserError
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_open, atomic_write_json
 from .checkpoint import is_loadable
 from .lock import OutputDirLock
 
@@ -84,25 +84,73 @@ def run_stages(stages: Sequence[Stage]) -> List[str]:
     return status
 
 
-# ------------------------------------------------------------------------------------ incremental protocol
-def resolve_variant(name: str):
-    """``(method, transform)`` of a ``--methods`` entry: a registered method (identity transform), or a
-    registered task transform with the method it trains with (e.g. "Joint" -> Finetune). Unknown names raise,
-    listing both registries."""
+# ------------------------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """One row of a comparison: the method it trains, the task transform it applies ("" = none) and its own
+    config overrides (``opts``, a flat ``KEY VALUE`` list)."""
+
+    name: str
+    method: str
+    transform: str = ""
+    opts: tuple = ()
+
+
+def parse_variants(specs: Sequence[str]) -> Dict[str, tuple]:
+    """``PROTOCOL.VARIANTS`` entries ``"NAME: KEY VALUE ..."`` -> {NAME: (KEY, VALUE, ...)}. Why strings: a
+    variant is a list of command-line overrides, written where the config that it varies is written."""
+    out: Dict[str, tuple] = {}
+    for spec in specs:
+        name, sep, rest = str(spec).partition(":")
+        name, words = name.strip(), tuple(rest.split())
+        if not sep or not name or " " in name or len(words) % 2:
+            raise UserError(f"PROTOCOL.VARIANTS entry {spec!r} is not 'NAME: KEY VALUE [KEY VALUE ...]' (a name "
+                            "without spaces, a colon, then pairs of config keys and values)")
+        if name in out:
+            raise UserError(f"PROTOCOL.VARIANTS defines '{name}' twice; give each variant its own name")
+        out[name] = words
+    return out
+
+
+def _override(opts: Sequence[str], key: str, default: str) -> str:
+    values = [opts[i + 1] for i in range(0, len(opts), 2) if opts[i] == key]
+    return values[-1] if values else default
+
+
+def resolve_variant(name: str, cfg=None) -> Variant:
+    """The :class:`Variant` of a ``--methods``/``--variants`` entry: a variant of ``cfg.PROTOCOL.VARIANTS``, a
+    registered method, or a registered task transform with the method it trains with (e.g. "Joint" ->
+    Finetune). Unknown names raise, listing all three."""
     from ..data.datasets.tasks import TASK_TRANSFORM_REGISTRY, get_task_transform
     from ..methods import METHOD_REGISTRY
 
+    named = parse_variants(cfg.PROTOCOL.VARIANTS) if cfg is not None else {}
+    if name in named and (name in METHOD_REGISTRY or name in TASK_TRANSFORM_REGISTRY):
+        raise UserError(f"PROTOCOL.VARIANTS: '{name}' is already a method or task transform; rename the variant")
+    if name in named:
+        opts = named[name]
+        method = _override(opts, "METHOD.NAME", cfg.METHOD.NAME)
+        transform = _override(opts, "INCREMENTAL.TRANSFORM", "")
+        for n, registry, key in ((method, METHOD_REGISTRY, "METHOD.NAME"),
+                                 (transform, TASK_TRANSFORM_REGISTRY, "INCREMENTAL.TRANSFORM")):
+            if n and n not in registry:
+                raise UnknownNameError(f"PROTOCOL.VARIANTS '{name}': {key} '{n}' is not registered "
+                                       f"({sorted(k for k, _ in registry)})")
+        return Variant(name, method, transform, opts)
     if name in METHOD_REGISTRY:
-        return name, ""
+        return Variant(name, name)
     if name in TASK_TRANSFORM_REGISTRY:
-        return get_task_transform(name).method, name
-    raise UnknownNameError(f"--methods: '{name}' is neither a method ({sorted(k for k, _ in METHOD_REGISTRY)}) nor a task transform "
-                   f"({sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)})")
+        return Variant(name, get_task_transform(name).method, name)
+    raise UnknownNameError(f"'{name}' is neither a variant of PROTOCOL.VARIANTS ({sorted(named)}), a method "
+                           f"({sorted(k for k, _ in METHOD_REGISTRY)}) nor a task transform "
+                           f"({sorted(k for k, _ in TASK_TRANSFORM_REGISTRY)})")
 
 
+# ------------------------------------------------------------------------------------ incremental protocol
 def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> List[tuple]:
     """``(variant, step, stage, {eval split: results file})`` for every step of every variant; step 0 is shared
-    by the variants that train it the same way (the identity transform), so it runs once."""
+    by the variants that train it the same way (the identity transform), so it runs once: a variant's own
+    overrides apply from step 1 on."""
     from ..data.datasets.tasks import get_task_transform, resolve_task
     from ..evaluation.incremental import results_path
 
@@ -111,18 +159,19 @@ def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> L
     root = os.path.join(cfg.OUTPUT_DIR, f"{task.name}_{setting}")
     plan, shared = [], {}
     for variant in variants:
-        method, transform_name = resolve_variant(variant)
-        transform = get_task_transform(transform_name)
+        v = resolve_variant(variant, cfg)
+        transform = get_task_transform(v.transform)
         out_root = os.path.join(root, variant)
         for k in transform.steps(task):
-            opts = ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k), "METHOD.NAME", method,
-                    "INCREMENTAL.TRANSFORM", transform_name]
-            if k == 0 and not transform_name:  # the base step: the same for every method
+            opts = ["INCREMENTAL.TASK", cfg.INCREMENTAL.TASK, "INCREMENTAL.STEP", str(k), "METHOD.NAME", v.method,
+                    "INCREMENTAL.TRANSFORM", v.transform]
+            if k == 0 and not v.transform:  # the base step: the same for every method and variant
                 out = root
                 opts[opts.index("METHOD.NAME") + 1] = "Finetune"
             else:
                 out = out_root
-                if k == 1 and not transform_name:
+                opts += list(v.opts)
+                if k == 1 and not v.transform:
                     opts += ["INCREMENTAL.PREVIOUS_WEIGHTS", os.path.join(root, "step0", "model_final.pth")]
             folder = os.path.join(out, transform.folder(k))
             opts += ["OUTPUT_DIR", out]
@@ -171,7 +220,7 @@ def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_s
                          "'INCREMENTAL.TASK name')")
     variants = list(methods) or [cfg.METHOD.NAME]
     for v in variants:
-        resolve_variant(v)
+        resolve_variant(v, cfg)
     task = resolve_task(cfg.INCREMENTAL.TASK)
     setting = cfg.INCREMENTAL.SETTING
     root = os.path.join(cfg.OUTPUT_DIR, f"{task.name}_{setting}")
@@ -203,4 +252,60 @@ def run_incremental(args, methods: Sequence[str] = (), train: Callable = train_s
                      headers=["method", "split", "old (1..base)", "new", "all", "background"], tablefmt="github")
     print(f"\n{task.name} ({setting}), after the last step (mIoU %; recipes chosen on val, reported on "
           f"{split}):\n{table}\n\nWritten to {root}/summary.{{csv,json,png}}")
+    return summary
+
+
+# ---------------------------------------------------------------------------------- comparison of variants
+def _metric(results: dict, dataset: str, path: str):
+    node = results.get(dataset, {})
+    for part in path.split("/"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def run_variants(args, names: Sequence[str], train: Callable = train_step) -> dict:
+    """Trains and evaluates each variant (a method or a ``PROTOCOL.VARIANTS`` entry) as a stage in
+    ``OUTPUT_DIR/<variant>`` (finished ones skipped), then compares them on every ``DATASETS.TEST`` dataset:
+    ``PROTOCOL.METRICS`` columns, printed and written to ``OUTPUT_DIR/summary.{json,csv}``. For runs without an
+    incremental task (DuPL's ablations, a supervised reference); tasks go through :func:`run_incremental`."""
+    from .launch import load_config
+    from .trainer import results_file
+
+    cfg = load_config(args.config_file, args.opts)
+    if cfg.INCREMENTAL.TASK:
+        raise UserError(f"tools/run_variants.py compares runs without a task, but INCREMENTAL.TASK is "
+                        f"'{cfg.INCREMENTAL.TASK}'; use tools/run_incremental.py for incremental tasks")
+    if not cfg.DATASETS.TEST:
+        raise UserError("a comparison needs evaluation datasets: DATASETS.TEST is empty")
+    variants = [resolve_variant(n, cfg) for n in (list(names) or [cfg.METHOD.NAME])]
+    for v in variants:
+        if v.transform:
+            raise UserError(f"variant '{v.name}' applies the task transform '{v.transform}', which needs "
+                            "INCREMENTAL.TASK; use tools/run_incremental.py")
+    stages = []
+    for v in variants:
+        folder = os.path.join(cfg.OUTPUT_DIR, v.name)
+        opts = ["METHOD.NAME", v.method, *v.opts, "OUTPUT_DIR", folder]
+        stages.append(Stage(v.name, folder, run=lambda o=opts, f=folder: train(args, o, f),
+                            outputs=["model_final.pth", os.path.relpath(results_file(folder), folder)],
+                            key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts}))
+    with OutputDirLock(cfg.OUTPUT_DIR):
+        run_stages(stages)
+    metrics = list(cfg.PROTOCOL.METRICS)
+    rows = []
+    for v, stage in zip(variants, stages):
+        with open(results_file(stage.folder)) as f:
+            res = json.load(f)
+        for dataset in cfg.DATASETS.TEST:
+            rows.append({"variant": v.name, "dataset": dataset, **{m: _metric(res, dataset, m) for m in metrics}})
+    summary = {"config": args.config_file, "metrics": metrics, "rows": rows}
+    atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "summary.json"), summary, indent=1, default=lambda x: None)
+    with atomic_open(os.path.join(cfg.OUTPUT_DIR, "summary.csv"), "w") as f:
+        f.write(",".join(["variant", "dataset", *metrics]) + "\n")
+        for r in rows:
+            f.write(",".join(str("" if r[k] is None else r[k]) for k in ["variant", "dataset", *metrics]) + "\n")
+    fmt = lambda x: "-" if x is None or x != x else f"{x:.1f}"  # noqa: E731
+    table = tabulate([[r["variant"], r["dataset"], *[fmt(r[m]) for m in metrics]] for r in rows],
+                     headers=["variant", "dataset", *metrics], tablefmt="github", disable_numparse=True)
+    print(f"\n{table}\n\nWritten to {cfg.OUTPUT_DIR}/summary.{{csv,json}}")
     return summary

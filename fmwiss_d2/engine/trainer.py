@@ -2,6 +2,7 @@
 (``METHOD.NAME``, which owns the model), with the data mapper, the evaluators and the optimizer chosen from the
 config through registries."""
 import logging
+import os
 import weakref
 from collections import OrderedDict
 
@@ -18,6 +19,7 @@ from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_evaluator, format_metrics_table
 from ..methods import build_method
 from ..utils.errors import registry_get
+from ..utils.io import atomic_write_json
 from .data_loader import build_deterministic_train_loader, training_records
 from .incremental import (
     IncrementalCheckpointer, MethodState, allowed_steps, build_old_model, check_previous_weights, run_task, step_identity,
@@ -25,7 +27,7 @@ from .incremental import (
 from .hooks import IterationSeedHook
 from .solver import build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "results_file"]
 
 
 def unwrap(module):
@@ -136,8 +138,6 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        import os
-
         return build_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
 
     @classmethod
@@ -150,11 +150,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, logged as a table and written to :func:`results_file` (what protocols read)."""
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             named = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results})
             logging.getLogger("detectron2").info("Metrics:\n" + format_metrics_table(named))
+            atomic_write_json(results_file(cfg.OUTPUT_DIR), named, indent=1, default=lambda x: None)
         return results
+
+
+def results_file(output_dir: str) -> str:
+    """``{dataset: {task: {metric: value}}}`` of the last evaluation of the run in ``output_dir``."""
+    return os.path.join(output_dir, "inference", "results.json")
 
 
 def default_device_check(cfg):

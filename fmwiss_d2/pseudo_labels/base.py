@@ -65,6 +65,11 @@ class PseudoLabelSource(nn.Module):
         """What determines this source's output besides the images and labels (enters the cache key)."""
         return {"source": type(self).__name__}
 
+    def prepare(self, records: Sequence[dict], context: PseudoLabelContext) -> None:
+        """Called once before a dataset's pseudo labels are computed (e.g. to train a localizer on the records'
+        image-level labels), before a :class:`PseudoLabelCache` is keyed by :meth:`cache_key`, which must then
+        reflect what it learned. Default: nothing."""
+
     def forward(self, images: torch.Tensor, image_labels: List[torch.Tensor], context: PseudoLabelContext
                 ) -> PseudoLabels:
         raise NotImplementedError
