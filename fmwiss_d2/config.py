@@ -56,6 +56,7 @@ def add_fmwiss_config(cfg):
 
     _add_model_config(cfg)
     _add_foundation_config(cfg)
+    _add_fmwiss_pseudo_label_config(cfg)
 
 
 def _add_model_config(cfg):
@@ -172,3 +173,30 @@ def _add_foundation_config(cfg):
     cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global crops + the local crops, if any)
     cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.DINO.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
+
+
+def _add_fmwiss_pseudo_label_config(cfg):
+    """FMWISS's pseudo-label sources: the foundation-model co-segmentation and the WILSON-style localizer."""
+    # Co-segmentation ("CoSegmentation", fmwiss_d2/pseudo_labels/coseg.py; docs/fmwiss.md): CLIP's class maps
+    # (PSEUDO_LABELS.CLIP.*) refined by DINO's objectness and by class-specific seeds spread over DINO features.
+    cfg.PSEUDO_LABELS.COSEG = CN()
+    cfg.PSEUDO_LABELS.COSEG.USE_DINO = True  # gate the class maps by DINO's CLS-attention objectness
+    cfg.PSEUDO_LABELS.COSEG.USE_SEEDS = True  # add each class's seeds spread by DINO affinity (needs USE_DINO)
+    cfg.PSEUDO_LABELS.COSEG.NUM_SEEDS = 4  # seeds per labelled class: its top patches in the CLIP map
+    cfg.PSEUDO_LABELS.COSEG.AFFINITY_POWER = 2.0  # affinity = max(cos, 0) ** power between DINO patch features
+    cfg.PSEUDO_LABELS.COSEG.PROPAGATION_STEPS = 1  # random-walk steps from the seeds (row-normalised affinity)
+    cfg.PSEUDO_LABELS.COSEG.FEATURES = "keys"  # DINO patch descriptors: "keys" (last block's) or "features"
+    cfg.PSEUDO_LABELS.COSEG.SEED_WEIGHT = 0.5  # class map = (1 - w) * CLIP + w * seed guidance
+    cfg.PSEUDO_LABELS.COSEG.ATTENTION_WEIGHT = 0.5  # gate = (1 - w) + w * objectness (0 = no gating)
+    cfg.PSEUDO_LABELS.COSEG.NORMALIZE = True  # scale each class map to max 1 (an image label says the class is there)
+    cfg.PSEUDO_LABELS.COSEG.THRESHOLD = 0.0  # minimum top score of a valid pixel
+
+    # Localizer ("Localizer", fmwiss_d2/pseudo_labels/localizer.py): a CAM head on the previous step's model,
+    # trained from the image-level labels before the pseudo labels are computed (WILSON-style baseline).
+    cfg.PSEUDO_LABELS.LOCALIZER = CN()
+    cfg.PSEUDO_LABELS.LOCALIZER.ITERATIONS = 300  # optimizer steps of the multi-label BCE on pooled scores
+    cfg.PSEUDO_LABELS.LOCALIZER.BATCH_SIZE = 16  # images per step
+    cfg.PSEUDO_LABELS.LOCALIZER.LR = 0.01  # Adam learning rate of the head
+    cfg.PSEUDO_LABELS.LOCALIZER.FEATURE = "res4"  # old model's backbone feature fed to the head (stride 16)
+    cfg.PSEUDO_LABELS.LOCALIZER.SEED = 0  # initialization and batch order
+    cfg.PSEUDO_LABELS.LOCALIZER.THRESHOLD = 0.0  # minimum top score of a valid pixel

@@ -19,6 +19,23 @@ def _labelled_mask(image_labels: List[torch.Tensor], num_classes: int, backgroun
     return allowed
 
 
+def scores_from_class_maps(maps: Sequence[torch.Tensor], image_labels: List[torch.Tensor], num_classes: int,
+                           background) -> torch.Tensor:
+    """(N, K, H, W) scores from each image's (C_b, H, W) maps of its labelled classes (in label order).
+
+    Class ``image_labels[b][i]`` gets ``maps[b][i]``; the background (when the task has one) gets
+    ``1 - max_i maps[b][i]`` (1 on an image without labels); every other class 0."""
+    n, (h, w) = len(maps), maps[0].shape[-2:]
+    scores = torch.zeros(n, num_classes, h, w, device=maps[0].device)
+    for b, (m, labels) in enumerate(zip(maps, image_labels)):
+        ids = [int(i) for i in labels]
+        if ids:
+            scores[b, ids] = m.to(scores)
+        if background is not None:
+            scores[b, background] = 1 - m.amax(0).to(scores) if ids else 1.0
+    return scores
+
+
 @PSEUDO_LABEL_SOURCE_REGISTRY.register()
 class OldModelSource(PseudoLabelSource):
     """The previous step's model: its per-pixel class probabilities (``per_pixel_scores``), resized bilinearly
