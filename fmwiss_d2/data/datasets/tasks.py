@@ -375,6 +375,14 @@ def _load_step(task: IncrementalTask, setting: str, step: int, split: str, base:
     return kept
 
 
+def step_training_view(task: IncrementalTask, setting: str, step: int, base: str) -> tuple[list[dict], np.ndarray]:
+    """The images of ``base`` as step ``step`` trains on them: the kept records (with the step's image labels)
+    and the lookup table to the step's training labels. Measures pseudo labels on a split with masks (val) under
+    exactly the labels they stand in for at training."""
+    task.check_step(step)
+    return _load_step(task, setting, step, "train", base), task.label_lut(step, "train", _catalog_classes(base))
+
+
 def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_classes=None) -> IncrementalTask:
     """Registers a task and its datasets ``{name}_{setting}_step{k}_{train|val[...]}``; returns the task."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
