@@ -87,3 +87,18 @@ def test_confusion_matrix_counts_missing_labels_apart():
     pred = np.array([0, 255, 1, 1])
     conf = confusion_matrix(pred, gt, 2)
     assert conf.tolist() == [[1, 0, 0], [0, 1, 1]]
+
+
+def test_grid_puts_each_source_in_its_column():
+    from fmwiss_d2.pseudo_labels.visualize import label_grid, label_palette
+
+    pal = label_palette(3, colors=[(0, 0, 0), (200, 0, 0), (0, 200, 0)])
+    assert pal[1].tolist() == [200, 0, 0] and pal[255].tolist() == [255, 255, 255]
+    assert pal[3].tolist() == [128, 128, 0]  # past the dataset's colours: Pascal VOC's palette
+    img = np.full((2, 3, 3), 7, np.uint8)
+    lab = np.array([[1, 2, 255], [0, 0, 1]])
+    grid = label_grid([img, img], [("s", [lab, lab]), ("gt", [lab, lab])], pal, gap=1)
+    assert grid.shape == (2 * 2 + 1, 3 * 3 + 2, 3)
+    assert (grid[:2, :3] == 7).all()
+    assert grid[0, 4].tolist() == [200, 0, 0] and grid[0, 6].tolist() == [255, 255, 255]
+    assert grid[3, 9].tolist() == [0, 200, 0]  # second image (after the gap), truth column, label 2

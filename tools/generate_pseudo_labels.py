@@ -18,9 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from fmwiss_d2.engine.incremental import configure_step  # noqa: E402
-from fmwiss_d2.engine.launch import load_config  # noqa: E402
-from fmwiss_d2.pseudo_labels.generate import format_results, generate_pseudo_labels  # noqa: E402
+from fmwiss_d2.pseudo_labels.generate import load_step_config, format_results, generate_pseudo_labels  # noqa: E402
 from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 
@@ -30,14 +28,15 @@ def main(argv=None):
     p.add_argument("--source", required=True, help="a registered pseudo-label source (CoSegmentation, CLIPSource, ...)")
     p.add_argument("--split", default="train", help="train (default), val or test")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-images", type=int, default=0, help="the split's first N images only (a quick look)")
     p.add_argument("--output", default="", help="result JSON (default OUTPUT_DIR/pseudo_labels/<source>_<split>.json)")
     p.add_argument("--cache-dir", default=None, help="cache root (default $FMWISS_CACHE or ~/.cache/fmwiss_d2)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = p.parse_args(argv)
-    cfg = configure_step(load_config(args.config_file, args.opts))
+    cfg = load_step_config(args.config_file, args.opts)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels", f"{args.source}_{args.split}.json")
     result = generate_pseudo_labels(cfg, args.source, args.split, batch_size=args.batch_size, output=output,
-                                    cache_root=args.cache_dir)
+                                    cache_root=args.cache_dir, max_images=args.max_images)
     print(format_results(result))
     print(f"wrote {output}")
     return result

@@ -28,8 +28,8 @@ from ..utils.io import atomic_write_json
 from .base import PseudoLabelContext, PseudoLabelSource, build_pseudo_label_source
 from .cache import PseudoLabelCache
 
-__all__ = ["PseudoLabelData", "pseudo_label_data", "build_context", "run_source", "confusion_matrix", "measure",
-           "generate_pseudo_labels", "format_results"]
+__all__ = ["load_step_config", "PseudoLabelData", "pseudo_label_data", "build_context", "run_source", "confusion_matrix", "measure",
+           "generate_pseudo_labels", "visualize_sources", "format_results"]
 
 IGNORE = 255
 
@@ -44,6 +44,16 @@ class PseudoLabelData:
     class_names: List[str]
     background: Optional[int]
     lut: Optional[np.ndarray]
+
+
+def load_step_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
+    """The tools' config: defaults + file + overrides, the task step resolved as for training (its previous
+    step's weights, its datasets), the CPU when no GPU is visible."""
+    from ..engine.incremental import configure_step
+    from ..engine.launch import load_config
+    from ..engine.trainer import default_device_check
+
+    return default_device_check(configure_step(load_config(config_file, opts)))
 
 
 def pseudo_label_data(cfg, split: str = "train") -> PseudoLabelData:
@@ -145,22 +155,58 @@ def measure(cache: PseudoLabelCache, data: PseudoLabelData, indices: Optional[Li
 
 
 def generate_pseudo_labels(cfg, source_name: str, split: str = "train", *, batch_size: int = 8,
-                           output: str | None = None, cache_root: str | None = None) -> dict:
+                           output: str | None = None, cache_root: str | None = None,
+                           measure_labels: bool = True, max_images: int = 0) -> dict:
     """``tools/generate_pseudo_labels.py``: runs the registered source ``source_name`` over the split (cached,
-    resumable), measures it where masks exist, writes the result JSON (``output``) and returns it."""
+    resumable), measures it where masks exist, writes the result JSON (``output``) and returns it.
+    ``max_images > 0``: the split's first images only (a quick look; its own cache folder)."""
     data = pseudo_label_data(cfg, split)
+    if max_images > 0 and max_images < len(data.records):
+        data = PseudoLabelData(f"{data.name}-first{max_images}", data.records[:max_images], data.class_names,
+                               data.background, data.lut)
     source = build_pseudo_label_source(cfg, source_name, "--source")
     context = build_context(cfg, data)
     cache, timing = run_source(source, data, context, cache_root=cache_root, batch_size=batch_size,
                                device=cfg.MODEL.DEVICE)
     result = {"source": source_name, "dataset": data.name, "split": split, **timing,
               "settings": source.cache_key()}
-    if data.lut is not None and data.records and "sem_seg_file_name" in data.records[0]:
+    if measure_labels and data.lut is not None and data.records and "sem_seg_file_name" in data.records[0]:
         result["metrics"] = measure(cache, data)
     if output:
         atomic_write_json(output, result, indent=2)
         result["output"] = output
     return result
+
+
+def visualize_sources(cfg, source_names: List[str], split: str, path: str, *, num_images: int = 8,
+                      batch_size: int = 8, cache_root: str | None = None) -> List[str]:
+    """``tools/visualize_pseudo_labels.py``: the first ``num_images`` of the split, one column per source's hard
+    pseudo labels and the truth; returns the column titles. Each source is prepared on, and fills its cache
+    for, the whole split (the same cache :func:`generate_pseudo_labels` fills, so nothing is computed twice,
+    and a localizer learns from every record)."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.data import detection_utils as utils
+    from PIL import Image
+
+    from .visualize import label_grid, label_palette, save_png
+
+    data = pseudo_label_data(cfg, split)
+    context = build_context(cfg, data)
+    idx = list(range(min(num_images, len(data.records))))
+    records = [data.records[i] for i in idx]
+    columns = []
+    for name in source_names:
+        source = build_pseudo_label_source(cfg, name, "--sources")
+        cache, _ = run_source(source, data, context, cache_root=cache_root, batch_size=batch_size,
+                              device=cfg.MODEL.DEVICE)
+        columns.append((name, [cache.load(i).hard()[0].numpy() for i in idx]))
+    if data.lut is not None and records and "sem_seg_file_name" in records[0]:
+        columns.append(("ground truth", [data.lut[np.asarray(Image.open(r["sem_seg_file_name"]))] for r in records]))
+    colors = MetadataCatalog.get(data.name).get("stuff_colors", []) if data.name in MetadataCatalog.list() else []
+    palette = label_palette(len(data.class_names), colors)
+    images = [utils.read_image(r["file_name"], format="RGB") for r in records]
+    save_png(label_grid(images, columns, palette), path)
+    return ["image"] + [t for t, _ in columns]
 
 
 def format_results(result: dict) -> str:
