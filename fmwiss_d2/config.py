@@ -183,11 +183,11 @@ def _add_fmwiss_pseudo_label_config(cfg):
     cfg.PSEUDO_LABELS.COSEG.USE_DINO = True  # gate the class maps by DINO's CLS-attention objectness
     cfg.PSEUDO_LABELS.COSEG.USE_SEEDS = True  # add each class's seeds spread by DINO affinity (needs USE_DINO)
     cfg.PSEUDO_LABELS.COSEG.NUM_SEEDS = 4  # seeds per labelled class: its top patches in the CLIP map
-    cfg.PSEUDO_LABELS.COSEG.AFFINITY_POWER = 2.0  # affinity = max(cos, 0) ** power between DINO patch features
+    cfg.PSEUDO_LABELS.COSEG.AFFINITY_POWER = 4.0  # affinity = max(cos, 0) ** power between DINO patch features
     cfg.PSEUDO_LABELS.COSEG.PROPAGATION_STEPS = 1  # random-walk steps from the seeds (row-normalised affinity)
     cfg.PSEUDO_LABELS.COSEG.FEATURES = "keys"  # DINO patch descriptors: "keys" (last block's) or "features"
     cfg.PSEUDO_LABELS.COSEG.SEED_WEIGHT = 0.5  # class map = (1 - w) * CLIP + w * seed guidance
-    cfg.PSEUDO_LABELS.COSEG.ATTENTION_WEIGHT = 0.5  # gate = (1 - w) + w * objectness (0 = no gating)
+    cfg.PSEUDO_LABELS.COSEG.ATTENTION_WEIGHT = 1.0  # gate = (1 - w) + w * objectness (0 = no gating)
     cfg.PSEUDO_LABELS.COSEG.NORMALIZE = True  # scale each class map to max 1 (an image label says the class is there)
     cfg.PSEUDO_LABELS.COSEG.THRESHOLD = 0.0  # minimum top score of a valid pixel
 

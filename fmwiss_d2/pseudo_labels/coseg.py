@@ -99,8 +99,8 @@ class CoSegmentation(PseudoLabelSource):
     @configurable
     def __init__(self, *, clip_source: CLIPSource, dino: Union[nn.Module, Callable[[], nn.Module], None] = None,
                  dino_key: Optional[dict] = None, use_dino: bool = True, use_seeds: bool = True, num_seeds: int = 4,
-                 affinity_power: float = 2.0, propagation_steps: int = 1, features: str = "keys",
-                 seed_weight: float = 0.5, attention_weight: float = 0.5, normalize: bool = True,
+                 affinity_power: float = 4.0, propagation_steps: int = 1, features: str = "keys",
+                 seed_weight: float = 0.5, attention_weight: float = 1.0, normalize: bool = True,
                  threshold: float = 0.0):
         """
         Args:
