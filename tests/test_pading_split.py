@@ -87,7 +87,7 @@ def test_semantic_version(split, which):
 
     name = f"tiny_zs_sem_seg_{which}"
     meta = MetadataCatalog.get(name)
-    assert list(meta.stuff_classes) == list(split.classes) and meta.evaluator_type == "sem_seg"
+    assert list(meta.stuff_classes) == list(split.classes) and meta.evaluator_type == "zero_shot_sem_seg"
     mapper = SemanticDatasetMapper(True, augmentations=[], image_format="RGB", ignore_label=255,
                                    label_lut=meta.label_lut)
     unseen = _unseen_segments(f"tiny_shapes_panoptic_{which}")

@@ -191,10 +191,11 @@ def register_zero_shot_split(name: str, spec: dict | ZeroShotSplit) -> ZeroShotS
                             "stuff_dataset_id_to_contiguous_id", "thing_classes", "thing_colors"):
                     meta.pop(key, None)
                 colors = semantic_colors(base)
-                meta.update(stuff_classes=list(split.classes), ignore_label=IGNORE_LABEL, evaluator_type="sem_seg",
+                meta.update(stuff_classes=list(split.classes), ignore_label=IGNORE_LABEL,
                             **({"stuff_colors": colors} if colors else {}))
             if semantic or _kind(base) == "sem_seg":
                 meta["label_lut"] = split.label_lut(lut_split).tolist()
+            meta["evaluator_type"] = "zero_shot_" + ("sem_seg" if semantic else _kind(base))
             MetadataCatalog.get(ds).set(**meta, zero_shot=name, base_dataset=base,
                                         seen_classes=split.seen_ids, unseen_classes=split.unseen_ids)
     return split
