@@ -81,6 +81,8 @@ def _add_pading_config(cfg):
     c.RELATION_TEMPERATURE = 0.1  # temperature of the cosine relations (alignment, related-part classification)
     c.GENERATOR_WEIGHTS = ""  # stage 2: the generator stage's final checkpoint (its generator is used frozen)
     c.NUM_FAKE = 16  # stage 2: synthetic unseen embeddings per iteration
+    c.STAGE_MAX_ITER = 0  # SOLVER.MAX_ITER of the generator and classifier stages (tools/run_zero_shot.py); 0 = keep
+    c.STAGE_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator and classifier stages; 0 = keep
     c.UNSEEN_WEIGHT = 1.0  # stage 2: class weight of the unseen classes in the classifier's cross-entropy
 
 

@@ -128,3 +128,45 @@ def test_generator_stage_then_stage2_changes_only_the_classifier(split, tmp_path
 def test_stage2_without_generator_weights_is_a_clear_error(split):
     with pytest.raises(MethodConfigError, match="GENERATOR_WEIGHTS"):
         _method(_cfg("classifier"))
+
+
+def test_zero_shot_runner_shares_stage1_chains_weights_and_skips_finished_stages(tmp_path, capsys):
+    import json
+    import os
+
+    from fmwiss_d2.engine.launch import argument_parser
+    from fmwiss_d2.engine.protocol import run_zero_shot
+
+    trained = []
+
+    def fake_train(args, opts, folder):
+        trained.append((os.path.relpath(folder, str(tmp_path)), list(opts)))
+        os.makedirs(os.path.join(folder, "inference"), exist_ok=True)
+        torch.save({"model": {}}, os.path.join(folder, "model_final.pth"))
+        if "()" not in opts:  # the generator stage is not evaluated
+            hm = {"stage1": 10.0, os.path.join("GMMN", "classifier"): 20.0,
+                  os.path.join("PADing", "classifier"): 30.0}[os.path.relpath(folder, str(tmp_path))]
+            with open(os.path.join(folder, "inference", "results.json"), "w") as f:
+                json.dump({d: {"sem_seg": {"hIoU": hm, "mIoU_seen": 50.0, "mIoU_unseen": hm / 2}}
+                           for d in ("shapes_zs_val", "shapes_zs_sem_seg_val")}, f)
+
+    argv = ["--config-file", "configs/shapes/pading.yaml", "OUTPUT_DIR", str(tmp_path),
+            "PROTOCOL.METRICS", '["sem_seg/hIoU"]', "METHOD.PADING.STAGE_MAX_ITER", "7"]
+    variants = ["PADing", "GMMN", "stage1-only"]
+    summary = run_zero_shot(argument_parser().parse_args(argv), variants, train=fake_train)
+    folders = [f for f, _ in trained]
+    assert folders == ["stage1", os.path.join("PADing", "generator"), os.path.join("PADing", "classifier"),
+                       os.path.join("GMMN", "generator"), os.path.join("GMMN", "classifier")]  # stage 1 once
+    opts = dict(trained)
+    o = opts[os.path.join("GMMN", "classifier")]
+    gen_weights = os.path.join(str(tmp_path), "GMMN", "generator", "model_final.pth")
+    assert o[o.index("MODEL.WEIGHTS") + 1] == gen_weights and o[o.index("METHOD.PADING.GENERATOR_WEIGHTS") + 1] == gen_weights
+    assert o[o.index("METHOD.PADING.GENERATOR") + 1] == "MLPGenerator" and o[o.index("SOLVER.MAX_ITER") + 1] == "7"
+    g = opts[os.path.join("PADing", "generator")]
+    assert g[g.index("MODEL.WEIGHTS") + 1] == os.path.join(str(tmp_path), "stage1", "model_final.pth")
+    assert "METHOD.PADING.GENERATOR" not in opts["stage1"] and "SOLVER.MAX_ITER" not in opts["stage1"]
+    rows = {(r["variant"], r["dataset"]): r["sem_seg/hIoU"] for r in summary["rows"]}
+    assert rows[("PADing", "shapes_zs_sem_seg_val")] == 30.0 and rows[("stage1-only", "shapes_zs_val")] == 10.0
+    assert rows[("GMMN", "shapes_zs_val")] == 20.0
+    again = run_zero_shot(argument_parser().parse_args(argv), variants, train=fake_train)
+    assert len(trained) == 5 and again["rows"] == summary["rows"]  # everything finished: nothing runs
