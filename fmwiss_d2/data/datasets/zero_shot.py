@@ -201,6 +201,14 @@ def register_zero_shot_split(name: str, spec: dict | ZeroShotSplit) -> ZeroShotS
     return split
 
 
+def reregister_splits_on(prefix: str) -> None:
+    """Registers again every split whose base datasets start with ``prefix`` (their copied metadata, e.g. the
+    panoptic JSON, must follow a re-registered world: ``register_shapes_from_cfg``)."""
+    for name, split in list(SPLITS.items()):
+        if all(base.startswith(prefix + "_") for base in [split.train] + [b for _, b in split.evals]):
+            register_zero_shot_split(name, split)
+
+
 def get_zero_shot_split(name: str) -> ZeroShotSplit:
     if name not in SPLITS:
         raise UnknownNameError(f"Unknown zero-shot split '{name}' (ZERO_SHOT.SPLIT). Registered: "
