@@ -170,3 +170,11 @@ def test_zero_shot_runner_shares_stage1_chains_weights_and_skips_finished_stages
     assert rows[("GMMN", "shapes_zs_val")] == 20.0
     again = run_zero_shot(argument_parser().parse_args(argv), variants, train=fake_train)
     assert len(trained) == 5 and again["rows"] == summary["rows"]  # everything finished: nothing runs
+
+
+def test_prompt_names():
+    from fmwiss_d2.methods.pading import prompt_name
+
+    assert [prompt_name(c) for c in ("sky-other-merged", "grass-merged", "wall-other", "playingfield", "hot dog",
+                                     "tree-merged", "sand")] == ["sky", "grass", "wall", "playingfield", "hot dog",
+                                                                 "tree", "sand"]
