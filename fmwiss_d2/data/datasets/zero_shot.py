@@ -236,6 +236,10 @@ def resolve_zero_shot_split(name_or_file: str) -> ZeroShotSplit:
 # PADing's panoptic split (repo heshuting555/PADing): 14 unseen of COCO panoptic's 133 classes.
 COCO_PANOPTIC_UNSEEN = ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard",
                         "sky-other-merged", "grass-merged", "playingfield", "river", "road", "tree-merged"]
+# PADing's COCO-Stuff split (ZegFormer's): 15 unseen of 171. PADing's "ids 156-170" are their positions in its own
+# class list, reordered with the unseen classes last; by name, the split holds in any class order.
+COCO_STUFF_UNSEEN = ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard", "clouds",
+                     "grass", "playingfield", "river", "road", "tree", "wall-concrete"]
 # Zero-shot instance segmentation (ZSI, Zheng et al. CVPR 2021, after Bansal et al.'s ZSD split): 48 seen and 17
 # unseen of 65 classes (the other 15 excluded); and 65 seen / 15 unseen of all 80.
 COCO_48_17_UNSEEN = ["airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard",
@@ -258,9 +262,9 @@ def builtin_split_table() -> dict[str, dict]:
                       "unseen": ["star", "hexagon", "heart", "sand"]},
         "coco_zs_panoptic": {"train": "coco_2017_train_panoptic", "val": "coco_2017_val_panoptic",
                              "unseen": COCO_PANOPTIC_UNSEEN},
-        # PADing's semantic split: COCO-Stuff (171 classes) ids 156-170 unseen; needs a registered COCO-Stuff
+        # PADing's semantic split on COCO-Stuff (171 classes); needs a registered COCO-Stuff (Mask2Former's names)
         "coco_zs_stuff": {"train": "coco_2017_train_stuff_sem_seg", "val": "coco_2017_test_stuff_sem_seg",
-                          "unseen": list(range(156, 171))},
+                          "unseen": COCO_STUFF_UNSEEN},
         "coco_zs_48-17": {"train": "coco_2017_train", "val": "coco_2017_val", "unseen": COCO_48_17_UNSEEN,
                           "seen": COCO_48_17_SEEN},
         "coco_zs_65-15": {"train": "coco_2017_train", "val": "coco_2017_val", "unseen": COCO_65_15_UNSEEN},
