@@ -91,3 +91,32 @@ def test_panoptic_seen_unseen(split, tmp_path, drop_unseen):
         assert res["PQ"] < 100
     else:
         assert res["PQ_unseen"] == pytest.approx(100.0) and res["HM"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("drop_unseen", [False, True])
+def test_instance_seen_unseen(tiny_world, tmp_path, drop_unseen):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import annotations_to_instances
+    from detectron2.structures import Boxes, Instances
+
+    from fmwiss_d2.evaluation.zero_shot import ZeroShotInstanceEvaluator
+
+    split = register_zero_shot_split("tiny_zs_inst_eval", {"train": "tiny_shapes_instance_train",
+                                                           "val": "tiny_shapes_instance_val",
+                                                           "unseen": ["star", "heart"]})
+    name = "tiny_zs_inst_eval_val"
+    ev = ZeroShotInstanceEvaluator(name, tasks=("segm",), distributed=False, output_dir=str(tmp_path))
+    ev.reset()
+    for r in DatasetCatalog.get(name):
+        anns = [a for a in r["annotations"] if not (drop_unseen and a["category_id"] in split.unseen_ids)]
+        gt = annotations_to_instances(anns, (r["height"], r["width"]), mask_format="bitmask")
+        pred = Instances((r["height"], r["width"]), pred_masks=gt.gt_masks.tensor, pred_classes=gt.gt_classes,
+                         scores=torch.ones(len(gt)), pred_boxes=Boxes(gt.gt_boxes.tensor))
+        ev.process([{"image_id": r["image_id"], "file_name": r["file_name"]}], [{"instances": pred}])
+    res = ev.evaluate()["segm"]
+    assert res["AP50_seen"] == pytest.approx(100.0) and res["recall_seen"] == pytest.approx(100.0)
+    if drop_unseen:
+        assert res["AP50_unseen"] == pytest.approx(0.0) and res["recall_unseen"] == pytest.approx(0.0)
+        assert res["HM"] == 0.0 and res["recall_HM"] == 0.0
+    else:
+        assert res["AP50_unseen"] == pytest.approx(100.0) and res["HM"] == pytest.approx(100.0)
