@@ -128,7 +128,7 @@ def test_instance_split_and_excluded_classes(tiny_world):
 
 
 def test_yaml_file_and_errors(tiny_world, tmp_path):
-    split = resolve_zero_shot_split(os.path.join(ROOT, "configs", "zero_shot", "shapes_zs.yaml"))
+    split = resolve_zero_shot_split(os.path.join(ROOT, "configs", "tasks", "zero_shot", "shapes_zs.yaml"))
     assert split.unseen == ("star", "hexagon", "heart", "sand")
     with pytest.raises(TaskDefinitionError, match="unknown class 'tiger'"):
         register_zero_shot_split("bad", {"train": "tiny_shapes_panoptic_train", "val": "tiny_shapes_panoptic_val",
@@ -142,4 +142,4 @@ def test_a_split_file_is_not_an_incremental_task():
     from fmwiss_d2.data.datasets.tasks import load_task_file
 
     with pytest.raises(TaskDefinitionError, match="zero-shot split.*METHOD.PADING.SPLIT"):
-        load_task_file(os.path.join(ROOT, "configs", "zero_shot", "shapes_zs.yaml"))
+        load_task_file(os.path.join(ROOT, "configs", "tasks", "zero_shot", "shapes_zs.yaml"))

@@ -113,7 +113,7 @@ class PADing(Method):
         c = cfg.METHOD.PADING
         if not c.SPLIT:
             raise MethodConfigError("PADing needs a zero-shot split: set METHOD.PADING.SPLIT (e.g. shapes_zs, or "
-                                    "configs/zero_shot/shapes_zs.yaml)")
+                                    "configs/tasks/zero_shot/shapes_zs.yaml)")
         split = resolve_zero_shot_split(c.SPLIT)
         for ds in cfg.DATASETS.TRAIN:
             if MetadataCatalog.get(ds).get("zero_shot") != split.name or "_train" not in ds:

@@ -110,7 +110,7 @@ def _kind(dataset_name: str) -> str:
 
 
 def split_from_dict(name: str, spec: dict) -> ZeroShotSplit:
-    """A split from its plain-data form (the form of ``configs/zero_shot/*.yaml``)::
+    """A split from its plain-data form (the form of ``configs/tasks/zero_shot/*.yaml``)::
 
         {"train": "shapes_panoptic_train", "val": {"val": "shapes_panoptic_val", "test": "shapes_panoptic_test"},
          "unseen": ["star", "hexagon", "heart", "sand"],     # class names or ids of the train dataset
@@ -212,7 +212,7 @@ def reregister_splits_on(prefix: str) -> None:
 def get_zero_shot_split(name: str) -> ZeroShotSplit:
     if name not in SPLITS:
         raise UnknownNameError(f"Unknown zero-shot split '{name}' (ZERO_SHOT.SPLIT). Registered: "
-                               f"{', '.join(sorted(SPLITS))}; or give a split YAML file (configs/zero_shot/*.yaml)")
+                               f"{', '.join(sorted(SPLITS))}; or give a split YAML file (configs/tasks/zero_shot/*.yaml)")
     return SPLITS[name]
 
 
@@ -223,7 +223,7 @@ def resolve_zero_shot_split(name_or_file: str) -> ZeroShotSplit:
     import yaml
 
     if not os.path.isfile(name_or_file):
-        raise FileNotFoundError(f"Zero-shot split file '{name_or_file}' does not exist (see configs/zero_shot/)")
+        raise FileNotFoundError(f"Zero-shot split file '{name_or_file}' does not exist (see configs/tasks/zero_shot/)")
     with open(name_or_file) as f:
         spec = yaml.safe_load(f) or {}
     if not isinstance(spec, dict) or "name" not in spec:
