@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fmwiss_d2.modeling.losses.pading import (
-    mmd_loss, reconstruction_loss, relation_alignment_loss, semantic_classification_loss, unrelated_prior_loss,
+    class_conditional_mmd, mmd_loss, reconstruction_loss, relation_alignment_loss, semantic_classification_loss, unrelated_prior_loss,
 )
 from fmwiss_d2.modeling.pading import FeatureDisentangler, MLPGenerator, PrimitiveGenerator
 
@@ -26,6 +26,21 @@ def test_mmd_zero_for_identical_sets_and_grows_with_shift():
     assert mmd_loss(x, x.clone()).abs().item() < 1e-5
     values = [mmd_loss(x, x + shift).item() for shift in (0.0, 0.5, 1.0, 2.0, 4.0)]
     assert all(a < b for a, b in zip(values, values[1:])), values
+
+
+def test_class_conditional_mmd_hand_worked():
+    x = torch.tensor([[0.0], [2.0], [5.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert class_conditional_mmd(x, x.clone(), labels).abs().item() < 1e-6
+    # the same mixture with the classes swapped: zero for the whole-set MMD, not per class
+    y = torch.tensor([[0.0], [5.0], [2.0]])
+    assert mmd_loss(x, y).abs().item() < 1e-6
+    swapped = class_conditional_mmd(x, y, labels, sigmas=(1.0,)).item()
+    # class 0: {0, 2} vs {0, 5}; class 1: {5} vs {2}; k(d) = exp(-d^2 / 2)
+    k = lambda d: math.exp(-d * d / 2)  # noqa: E731
+    c0 = (2 + 2 * k(2)) / 4 + (2 + 2 * k(5)) / 4 - 2 * (k(0) + k(5) + k(2) + k(3)) / 4
+    c1 = 1 + 1 - 2 * k(3)
+    assert swapped == pytest.approx((c0 + c1) / 2, rel=1e-6)
 
 
 def test_relation_alignment_hand_worked():
@@ -84,3 +99,29 @@ def test_disentangler_shapes():
     r, u, rec = d(torch.randn(3, 8))
     assert r.shape == u.shape == rec.shape == (3, 8)
     assert d.text_proj(torch.randn(2, 4)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("cls", [PrimitiveGenerator, MLPGenerator])
+def test_mmd_training_fits_class_conditional_embeddings(cls):
+    """Trained with the class-conditional MMD on three classes (real embeddings: Gaussians around far-apart means), a generator
+    puts each class's synthetic embeddings nearest to that class's real mean."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    text = torch.eye(3, 5)
+    gen = cls(5, 4, noise_dim=2, num_primitives=16, num_layers=2, hidden_dim=32)
+    gen.norm = torch.nn.Identity()  # the real embeddings here are not layer-normalised
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+    labels = torch.arange(3).repeat_interleave(16)
+    losses = []
+    for _ in range(150):
+        real = means[labels] + 0.3 * torch.randn(len(labels), 4, generator=g)
+        loss = class_conditional_mmd(gen(text[labels], g), real, labels, sigmas=(0.5, 1.0, 2.0, 4.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+    with torch.no_grad():
+        fake = gen(text.repeat_interleave(50, 0), g).view(3, 50, 4).mean(1)
+    assert torch.cdist(fake, means).argmin(1).tolist() == [0, 1, 2]

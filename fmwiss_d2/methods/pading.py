@@ -30,7 +30,7 @@ from detectron2.data import MetadataCatalog
 from ..data.datasets.zero_shot import ZeroShotSplit, resolve_zero_shot_split
 from ..modeling.heads.classifier import TextClassifier
 from ..modeling.losses.pading import (
-    mmd_loss, reconstruction_loss, relation_alignment_loss, semantic_classification_loss, unrelated_prior_loss,
+    class_conditional_mmd, reconstruction_loss, relation_alignment_loss, semantic_classification_loss, unrelated_prior_loss,
 )
 from ..modeling.pading import FeatureDisentangler, build_generator
 from .base import METHOD_REGISTRY, Method, MethodConfigError
@@ -203,7 +203,7 @@ class PADing(Method):
         """The generator's losses for real embeddings ``real`` (M, C) of seen classes ``labels`` (module docstring)."""
         text = self.model.classifier.text_embeddings
         fake = self.generator(text[labels])
-        losses = {"loss_mmd": mmd_loss(fake, real, self.sigmas)}
+        losses = {"loss_mmd": class_conditional_mmd(fake, real, labels, self.sigmas)}
         logits = mask_logits(self.model.classifier(fake), self.train_allowed)
         losses["loss_fake_cls"] = self.cls_weight * F.cross_entropy(logits, labels)
         if self.disentangler is None:

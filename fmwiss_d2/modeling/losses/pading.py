@@ -2,7 +2,7 @@
 Segmentation", CVPR 2023, arXiv 2306.11087).
 
 The generator is trained so that its synthetic class embeddings of seen classes match the real ones in
-distribution (kernel MMD, as in GMMN), are classified as their class (a small cross-entropy), and, split into a
+distribution, class by class (kernel MMD, as in GMMN), are classified as their class (a small cross-entropy), and, split into a
 semantic-related and a semantic-unrelated part (feature disentanglement, Sec. 3.3), keep the class-to-class
 structure of the text space in their related part (relation alignment, Sec. 3.4). Each term is a pure function
 of tensors, so it is tested on hand-worked numbers.
@@ -34,6 +34,16 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float] = DEFAULT
     discriminator to train."""
     return (gaussian_kernel_mixture(x, x, sigmas).mean() + gaussian_kernel_mixture(y, y, sigmas).mean()
             - 2.0 * gaussian_kernel_mixture(x, y, sigmas).mean())
+
+
+def class_conditional_mmd(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
+                          sigmas: Sequence[float] = DEFAULT_SIGMAS) -> torch.Tensor:
+    """``mean_c MMD^2(fake[labels == c], real[labels == c])`` over the classes present in ``labels`` (the same for
+    both sets: ``fake[i]`` was generated for the class of ``real[i]``). Why per class: an MMD over the whole batch
+    matches only the mixture, and is as low when the generator permutes the classes (measured in
+    tests/test_pading_losses.py: whole-batch MMD mapped three classes' texts to the wrong classes' embeddings)."""
+    classes = labels.unique()
+    return sum(mmd_loss(fake[labels == c], real[labels == c], sigmas) for c in classes) / len(classes)
 
 
 def similarity_distribution(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
