@@ -73,3 +73,94 @@ def test_single_cluster_is_clean_through_eta_and_a_batch_gets_per_image_answers(
     # too few samples to fit: clean
     few = gmm_noise_filter(losses, torch.ones_like(losses, dtype=torch.bool), gamma=0.95, eta=1.0, min_pixels=5000)
     assert not few.any()
+
+
+# ------------------------------------------------------------------------------ label functions and losses
+def test_cam_normalisation_is_relu_then_max_min_per_image_and_class():
+    from fmwiss_d2.modeling.losses.dupl import normalize_cams
+
+    cams = torch.tensor([[[[-1.0, 1.0], [2.0, 3.0]], [[4.0, 4.0], [6.0, 8.0]]]])  # (1, 2, 2, 2)
+    out = normalize_cams(cams, eps=0.0)
+    # class 0: ReLU -> [0, 1, 2, 3], min 0, max 3; class 1: [4, 4, 6, 8], min 4, max 8
+    assert out[0, 0].flatten().tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert out[0, 1].flatten().tolist() == pytest.approx([0, 0, 0.5, 1])
+
+
+def test_cams_become_background_uncertain_and_foreground_labels_of_the_images_classes():
+    from fmwiss_d2.modeling.losses.dupl import cams_to_pseudo_labels
+
+    # 3 foreground classes (model ids 1, 2, 3), one image labelled with classes 1 and 3 (channels 0 and 2)
+    cams = torch.tensor([[[0.1, 0.9, 0.5, 0.25]],    # channel 0 -> class 1
+                         [[0.9, 0.9, 0.9, 0.9]],     # channel 1 -> class 2: not in the labels, never used
+                         [[0.2, 0.3, 0.7, 0.26]]])[None]  # channel 2 -> class 3
+    labels = torch.tensor([[1, 0, 1]])
+    out = cams_to_pseudo_labels(cams, labels, tau_l=0.25, tau_h=0.7)
+    # pixel 0: max 0.2 <= 0.25 -> bg; 1: 0.9 (class 1) fg; 2: 0.7 (class 3) >= 0.7 fg; 3: 0.26 uncertain
+    assert out[0, 0].tolist() == [0, 1, 3, 255]
+    per_image = cams_to_pseudo_labels(cams.repeat(2, 1, 1, 1), labels.repeat(2, 1), 0.25, torch.tensor([0.7, 0.95]))
+    assert per_image[1, 0].tolist() == [0, 255, 255, 255]  # a higher tau_h for image 1 only
+
+
+def test_dynamic_threshold_starts_descends_by_cosine_and_ends_at_each_class_floor():
+    from fmwiss_d2.methods.dupl import high_thresholds, image_high_thresholds
+
+    f = lambda it: high_thresholds(it, 0.7, [0.55, 0.7], 2000, 20000, 2).tolist()  # noqa: E731
+    assert f(0) == pytest.approx([0.7, 0.7]) and f(2000) == pytest.approx([0.7, 0.7])  # start
+    assert f(11000) == pytest.approx([0.625, 0.7])  # middle: cos(pi/2) = 0, half-way
+    assert f(6500) == pytest.approx([0.55 + 0.15 * (1 + math.cos(math.pi / 4)) / 2, 0.7])
+    assert f(20000) == pytest.approx([0.55, 0.7]) and f(30000) == pytest.approx([0.55, 0.7])  # end
+    assert high_thresholds(11000, 0.7, [0.55], 2000, 20000, 3).tolist() == pytest.approx([0.625] * 3)
+    with pytest.raises(ValueError, match="2 floors for 3 foreground classes"):
+        high_thresholds(0, 0.7, [0.55, 0.7], 0, 1, 3)
+    per_image = image_high_thresholds(torch.tensor([0.55, 0.7, 0.6]), torch.tensor([[1, 0, 1], [1, 0, 0], [0, 0, 0]]))
+    assert per_image.tolist() == pytest.approx([0.6, 0.55, 0.7])
+
+
+def test_discrepancy_loss_is_one_plus_cosine_per_channel_and_each_term_moves_its_own_student():
+    from fmwiss_d2.modeling.losses.dupl import discrepancy_loss
+
+    f1 = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]], requires_grad=True)  # (1, 2 channels, 1, 2)
+    f2 = torch.tensor([[[[0.0, 1.0]], [[2.0, 2.0]]]], requires_grad=True)
+    # channel 0: orthogonal maps, cos 0; channel 1: parallel, cos 1 -> each term 1 + (0 + 1) / 2 = 1.5
+    loss = discrepancy_loss(f1, f2)
+    assert float(loss.detach()) == pytest.approx(3.0)
+    # term 1 = 1 + cos(sg(f1), f2) reaches f2 only, term 2 = 1 + cos(sg(f2), f1) reaches f1 only: the gradient
+    # f1 receives is that of cos(f1, const f2) alone
+    loss.backward()
+    f1_only = f1.detach().clone().requires_grad_(True)
+    (1 + torch.nn.functional.cosine_similarity(f2.detach().flatten(2), f1_only.flatten(2), dim=-1).mean()).backward()
+    assert torch.allclose(f1.grad, f1_only.grad)
+    g1 = torch.autograd.grad(discrepancy_loss(f1, f2.detach()), f1)[0]  # with f2 frozen, f1 still gets term 2
+    assert torch.allclose(g1, f1_only.grad)
+
+
+def test_multilabel_classification_loss_by_hand():
+    from fmwiss_d2.modeling.losses.dupl import multilabel_classification_loss
+
+    logits, labels = torch.tensor([[0.0, 2.0]]), torch.tensor([[1, 0]])
+    expected = -(math.log(0.5) + math.log(1 - 1 / (1 + math.exp(-2.0)))) / 2
+    assert float(multilabel_classification_loss(logits, labels)) == pytest.approx(expected)
+
+
+def test_the_consistency_target_follows_the_same_affine_warp_as_the_image():
+    from fmwiss_d2.modeling.losses.dupl import consistency_loss, random_affine, warp, warp_labels
+
+    labels = torch.tensor([[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]])
+    image = labels[:, None].float()  # an "image" whose pixel values are the labels
+    flip = torch.tensor([[[-1.0, 0, 0], [0, 1, 0]]])
+    assert torch.equal(warp_labels(labels, flip), labels.flip(-1))
+    assert torch.equal(warp(image, flip)[:, 0], image[:, 0].flip(-1))
+    shift = torch.tensor([[[1.0, 0, 0.5], [0, 1, 0]]])  # output x reads input x + 1 pixel (2/W = 0.5)
+    expected = torch.tensor([[[1, 2, 3, 255], [5, 6, 7, 255], [9, 10, 11, 255], [13, 14, 15, 255]]])
+    assert torch.equal(warp_labels(labels, shift), expected)
+    # random maps: the warped labels equal the warped image (nearest) wherever both are inside
+    theta = random_affine(3, generator=torch.Generator().manual_seed(0))
+    big = torch.arange(3 * 16 * 16).view(3, 16, 16) % 200
+    lab, img = warp_labels(big, theta), warp(big[:, None].float() + 1, theta, mode="nearest")[:, 0] - 1
+    inside = lab != 255
+    assert inside.float().mean() > 0.5 and torch.equal(lab[inside], img[inside].long())
+    # the loss: CE over the valid target pixels only, divided by their number
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1, 2 classes, 1, 2)
+    target = torch.tensor([[[0, 255]]])
+    assert float(consistency_loss(logits, target)) == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)))
+    assert float(consistency_loss(logits, torch.full_like(target, 255))) == 0.0
