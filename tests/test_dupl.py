@@ -164,3 +164,94 @@ def test_the_consistency_target_follows_the_same_affine_warp_as_the_image():
     target = torch.tensor([[[0, 255]]])
     assert float(consistency_loss(logits, target)) == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)))
     assert float(consistency_loss(logits, torch.full_like(target, 255))) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- the method
+def _dupl_cfg(out, *opts):
+    from _model_cfg import tiny_cfg
+
+    tiny = ["DATASETS.TRAIN", '("tiny_shapes_sem_seg_train",)', "INPUT.MIN_SIZE_TRAIN", "(64,)",
+            "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TEST", "64",
+            "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100",
+            "SOLVER.WARMUP_ITERS", "0", "SEED", "7"]
+    # every stage within 4 iterations: segmentation from 1, GMM + consistency from 2 (any confidence counts)
+    dupl = ["METHOD.DUPL.SEG_START_ITER", "1", "METHOD.DUPL.GMM_START_ITER", "2", "METHOD.DUPL.GMM_MIN_PIXELS", "2",
+            "METHOD.DUPL.CONSISTENCY_CONFIDENCE", "0.0"]
+    return tiny_cfg("shapes/dupl.yaml", *tiny, *dupl, "OUTPUT_DIR", str(out), *opts)
+
+
+def test_dupl_trains_from_image_labels_without_reading_a_mask_and_labels_a_split(tiny_world, tmp_path, monkeypatch):
+    from detectron2.data import detection_utils
+    from detectron2.utils.env import seed_all_rng
+
+    from _hooks import LossRecorder
+    from fmwiss_d2.engine import Trainer
+    from fmwiss_d2.engine.data_loader import training_records
+    from fmwiss_d2.pseudo_labels import PseudoLabelContext, build_pseudo_label_source
+
+    cfg = _dupl_cfg(tmp_path / "run")
+    cfg.freeze()
+    records = training_records(cfg)  # image labels: the per-image class table, built (from the masks) once here
+    assert all("image_labels" in r for r in records)
+    opened = []
+    real_read = detection_utils.read_image
+    monkeypatch.setattr(detection_utils, "read_image", lambda fn, *a, **k: opened.append(fn) or real_read(fn, *a, **k))
+
+    seed_all_rng(cfg.SEED)
+    log = {}
+    trainer = Trainer(cfg)
+    trainer.register_hooks([LossRecorder(log)])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    masks = {r["sem_seg_file_name"] for r in records}
+    assert opened and not set(opened) & masks  # training read images only, never a mask
+    assert sorted(log) == [0, 1, 2, 3]
+    assert log[0]["loss_seg"] == 0 and log[0]["loss_consistency"] == 0  # CAM warm-up: cls + discrepancy only
+    assert all(log[it]["loss_seg"] > 0 for it in (1, 2, 3)) and all(log[it]["loss_consistency"] > 0 for it in (2, 3))
+    assert all(log[it]["loss_cls"] > 0 and log[it]["loss_discrepancy"] > 0 for it in log)
+
+    method = trainer._trainer.model
+    one, two = method.students
+    assert type(one) is type(two) and not set(one.parameters()) & set(two.parameters())  # independent students
+    in_optimizer = {p for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert in_optimizer == set(method.parameters())
+    assert set(two.parameters()) | set(method.cam_heads.parameters()) <= in_optimizer
+
+    # --eval-only rebuilds the method and restores both students; inference is student 1's segmentation head
+    ckpt = str(tmp_path / "run" / "model_final.pth")
+    evaluated = Trainer.build_eval_model(cfg, ckpt)
+    for a, b in zip(evaluated.second_student.state_dict().values(), two.state_dict().values()):
+        assert torch.equal(a, b)
+    batch = [{"image": torch.zeros(3, 64, 64), "height": 64, "width": 64}]
+    assert evaluated(batch)[0]["sem_seg"].shape == (11, 64, 64)
+
+    # the trained DuPL as a pseudo-label source (the "DuPL" entry of the registry), on another split
+    config_file = tmp_path / "dupl.yaml"
+    config_file.write_text(cfg.dump())
+    src_cfg = _dupl_cfg(tmp_path / "other", "PSEUDO_LABELS.DUPL.CONFIG_FILE", str(config_file),
+                        "PSEUDO_LABELS.DUPL.CHECKPOINT", ckpt)
+    source = build_pseudo_label_source(src_cfg, "DuPL")
+    images = torch.rand(2, 3, 64, 64) * 255
+    labels = [torch.tensor([3]), torch.tensor([2, 5])]
+    out = source(images, labels, PseudoLabelContext(class_names=[str(i) for i in range(11)]))
+    assert out.scores.shape == (2, 11, 64, 64) and out.valid.all()
+    assert set(out.hard()[0].unique().tolist()) <= {0, 3} and set(out.hard()[1].unique().tolist()) <= {0, 2, 5}
+    assert torch.allclose(out.scores.sum(1), torch.ones(2, 64, 64), atol=1e-5)
+    with pytest.raises(Exception, match="PSEUDO_LABELS.DUPL.CHECKPOINT"):
+        build_pseudo_label_source(_dupl_cfg(tmp_path / "x", "PSEUDO_LABELS.DUPL.CONFIG_FILE", str(config_file)),
+                                  "DuPL")(images, labels, PseudoLabelContext(class_names=[str(i) for i in range(11)]))
+
+
+def test_single_student_variant_has_one_student_and_no_discrepancy(tiny_world, tmp_path):
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.DUAL", "False")
+    method = build_method(cfg, build_model(cfg))
+    assert method.second_student is None and len(method.students) == 1 and len(method.cam_heads) == 1
+    batch = [{"image": torch.rand(3, 64, 64) * 255, "image_labels": torch.tensor([1, 4])} for _ in range(2)]
+    losses = method.train()(batch)
+    assert float(losses["loss_discrepancy"]) == 0 and float(losses["loss_cls"].detach()) > 0
+    with pytest.raises(Exception, match="INPUT.SUPERVISION image"):
+        method([{"image": torch.rand(3, 64, 64)}])
