@@ -255,3 +255,24 @@ def test_single_student_variant_has_one_student_and_no_discrepancy(tiny_world, t
     assert float(losses["loss_discrepancy"]) == 0 and float(losses["loss_cls"].detach()) > 0
     with pytest.raises(Exception, match="INPUT.SUPERVISION image"):
         method([{"image": torch.rand(3, 64, 64)}])
+
+
+def test_dupl_students_on_a_trainable_vit_backbone(tiny_world, tmp_path):
+    """The paper's students are ViTs: a DINO-format ViT as a detectron2 backbone (random weights here), its patch
+    features the same as the DINO wrapper's, trained through DuPL's losses."""
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+
+    cfg = _dupl_cfg(tmp_path, "MODEL.BACKBONE.NAME", "build_vit_backbone", "MODEL.DINO.CHECKPOINT", "",
+                    "MODEL.DEEPLAB.IN_FEATURE", "vit", "MODEL.DEEPLAB.ASPP_DILATIONS", "[1, 2, 3]")
+    model = build_model(cfg)
+    dino = model.backbone.dino
+    images = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        assert torch.allclose(model.backbone(dino.normalize(images))["vit"], dino.eval()(images)["features"], atol=1e-5)
+    method = build_method(cfg, model).train()
+    batch = [{"image": images[i], "image_labels": torch.tensor([1 + i])} for i in range(2)]
+    losses = method(batch)
+    sum(losses.values()).backward()
+    assert dino.vit.patch_embed.proj.weight.grad is not None and float(losses["loss_discrepancy"].detach()) > 0
