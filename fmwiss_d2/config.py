@@ -186,6 +186,7 @@ def _add_dupl_config(cfg):
     c.TAU_H_END = [0.55]  # floor of tau_h per foreground class (one value = all classes), reached at THRESHOLD_END_ITER
     c.DYNAMIC_THRESHOLD = True  # cosine descent of tau_h; False = fixed TAU_H_START (ablation)
     c.SEG_START_ITER = 2000  # segmentation heads supervised from here (CAM warm-up before)
+    c.THRESHOLD_START_ITER = -1  # start of the tau_h descent; < 0 = SEG_START_ITER
     c.THRESHOLD_END_ITER = -1  # end of the tau_h descent; <= 0 = SOLVER.MAX_ITER
     c.NOISE_FILTER = True  # GMM filter of noisy foreground pseudo labels from GMM_START_ITER (False: ablation)
     c.GMM_START_ITER = 8000  # noise filter and consistency regularisation start here

@@ -1,12 +1,15 @@
 """DuPL: the batched GMM noise filter, the pure losses and label functions (hand-worked numbers and slow
 references), and the method itself (a few training iterations that never read a mask)."""
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from fmwiss_d2.modeling.losses.gmm import fit_gmm_1d, gmm_noise_filter
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def _reference_em(x, iters=200):
@@ -276,3 +279,24 @@ def test_dupl_students_on_a_trainable_vit_backbone(tiny_world, tmp_path):
     losses = method(batch)
     sum(losses.values()).backward()
     assert dino.vit.patch_embed.proj.weight.grad is not None and float(losses["loss_discrepancy"].detach()) > 0
+
+
+def test_the_ablations_and_the_supervised_reference_are_named_variants_of_the_shapes_config():
+    from fmwiss_d2.engine.launch import load_config
+    from fmwiss_d2.engine.protocol import resolve_variant
+
+    cfg = load_config(os.path.join(CONFIGS, "shapes", "dupl.yaml"), [])
+    expected = {"SingleStudent": ("DuPL", ("METHOD.DUPL.DUAL", "False")),
+                "NoDiscrepancy": ("DuPL", ("METHOD.DUPL.DISCREPANCY_WEIGHT", "0.0")),
+                "FixedThreshold": ("DuPL", ("METHOD.DUPL.DYNAMIC_THRESHOLD", "False")),
+                "NoGMM": ("DuPL", ("METHOD.DUPL.NOISE_FILTER", "False")),
+                "NoConsistency": ("DuPL", ("METHOD.DUPL.CONSISTENCY_WEIGHT", "0.0")),
+                "FullySupervised": ("Supervised", ("METHOD.NAME", "Supervised", "INPUT.SUPERVISION", "pixel"))}
+    for name, (method, opts) in expected.items():
+        v = resolve_variant(name, cfg)
+        assert (v.method, v.opts) == (method, opts)
+        cfg.clone().merge_from_list(list(v.opts))  # every override is a real key
+    for path in ("voc/dupl_vit_b16.yaml", "coco/dupl_vit_b16.yaml"):
+        c = load_config(os.path.join(CONFIGS, path), [])
+        assert c.METHOD.NAME == "DuPL" and c.INPUT.SUPERVISION == "image"
+        assert len(c.METHOD.DUPL.TAU_H_END) in (1, c.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1)

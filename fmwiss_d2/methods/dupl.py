@@ -81,7 +81,8 @@ class DuPL(Method):
     @configurable
     def __init__(self, model, *, task=None, step: int = 0, max_iter: int = 0, second_student: nn.Module | None,
                  num_classes: int, ignore_label: int = 255, tau_l: float, tau_h_start: float,
-                 tau_h_end: Sequence[float], dynamic_threshold: bool, seg_start_iter: int, threshold_end_iter: int,
+                 tau_h_end: Sequence[float], dynamic_threshold: bool, seg_start_iter: int, threshold_start_iter: int,
+                 threshold_end_iter: int,
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
                  gmm_min_loss: float, gmm_iters: int, cls_weight: float, seg_weight: float,
                  discrepancy_weight: float, consistency_weight: float, consistency_confidence: float):
@@ -93,8 +94,8 @@ class DuPL(Method):
             num_classes: K, background (0) included; the CAMs cover the K - 1 foreground classes.
             tau_l / tau_h_start / tau_h_end: background threshold; foreground threshold at the start and its
                 per-class floors (one value for all, or one per foreground class).
-            dynamic_threshold: tau_h descends by cosine from ``seg_start_iter`` to ``threshold_end_iter``; False
-                keeps ``tau_h_start`` (the fixed-threshold ablation).
+            dynamic_threshold: tau_h descends by cosine from ``threshold_start_iter`` (< 0: ``seg_start_iter``) to
+                ``threshold_end_iter`` (<= 0: the run's end); False keeps ``tau_h_start`` (fixed-threshold ablation).
             seg_start_iter: iteration from which the segmentation heads are supervised (CAM warm-up before).
             noise_filter / gmm_*: the adaptive noise filter from ``gmm_start_iter`` (posterior cut-off gamma,
                 minimum mean gap eta, minimum pixels to fit, losses <= ``gmm_min_loss`` left out of the fit,
@@ -120,6 +121,7 @@ class DuPL(Method):
         high_thresholds(0, tau_h_start, self.tau_h_end, 0, 1, num_classes - 1)  # fails early on a bad length
         self.dynamic_threshold = dynamic_threshold
         self.seg_start_iter = seg_start_iter
+        self.threshold_start_iter = threshold_start_iter if threshold_start_iter >= 0 else seg_start_iter
         self.threshold_end_iter = threshold_end_iter if threshold_end_iter > 0 else max_iter
         self.noise_filter = noise_filter
         self.gmm_start_iter = gmm_start_iter
@@ -139,7 +141,8 @@ class DuPL(Method):
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "tau_l": c.TAU_L, "tau_h_start": c.TAU_H_START, "tau_h_end": list(c.TAU_H_END),
             "dynamic_threshold": c.DYNAMIC_THRESHOLD, "seg_start_iter": c.SEG_START_ITER,
-            "threshold_end_iter": c.THRESHOLD_END_ITER, "noise_filter": c.NOISE_FILTER,
+            "threshold_start_iter": c.THRESHOLD_START_ITER, "threshold_end_iter": c.THRESHOLD_END_ITER,
+            "noise_filter": c.NOISE_FILTER,
             "gmm_start_iter": c.GMM_START_ITER, "gmm_gamma": c.GMM_GAMMA, "gmm_eta": c.GMM_ETA,
             "gmm_min_pixels": c.GMM_MIN_PIXELS, "gmm_min_loss": c.GMM_MIN_LOSS, "gmm_iters": c.GMM_ITERS,
             "cls_weight": c.CLS_WEIGHT, "seg_weight": c.SEG_WEIGHT, "discrepancy_weight": c.DISCREPANCY_WEIGHT,
@@ -169,7 +172,7 @@ class DuPL(Method):
         """(N,) tau_h of each image at the current iteration."""
         if not self.dynamic_threshold:
             return torch.full((labels.shape[0],), float(self.tau_h_start), device=labels.device)
-        per_class = high_thresholds(self.iteration, self.tau_h_start, self.tau_h_end, self.seg_start_iter,
+        per_class = high_thresholds(self.iteration, self.tau_h_start, self.tau_h_end, self.threshold_start_iter,
                                     self.threshold_end_iter, self.num_classes - 1)
         return image_high_thresholds(per_class, labels)
 
