@@ -300,3 +300,27 @@ def test_the_ablations_and_the_supervised_reference_are_named_variants_of_the_sh
         c = load_config(os.path.join(CONFIGS, path), [])
         assert c.METHOD.NAME == "DuPL" and c.INPUT.SUPERVISION == "image"
         assert len(c.METHOD.DUPL.TAU_H_END) in (1, c.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1)
+
+
+def test_the_noise_filter_drops_the_high_loss_foreground_labels_only(tmp_path):
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.DUAL", "False", "METHOD.DUPL.GMM_MIN_PIXELS", "10")
+    method = build_method(cfg, build_model(cfg))
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, :15] = 4  # 300 foreground pixels of class 4, 100 background pixels
+    bad = torch.zeros(1, 20, 20, dtype=torch.bool)
+    bad[0, :5] = True  # 100 of them with a label the head disagrees with
+    # logit a on the labelled class, 0 elsewhere: CE = log(10 + e^a) - a, ~0.3 at a = 3.35 and ~4 at a = -1.68
+    a = torch.where(bad, torch.tensor(-1.68), torch.tensor(3.35)) + 0.3 * torch.randn(1, 20, 20, generator=g)
+    logits = torch.zeros(1, 11, 20, 20)
+    logits.scatter_(1, labels[:, None], a[:, None])
+    logits[:, 0] = torch.where(labels[0] == 0, torch.tensor(-5.0), logits[0, 0])  # background: high loss, never dropped
+    out = method.filter_noise(logits, labels.clone())
+    assert torch.equal(out[0, 15:], labels[0, 15:])  # background kept
+    dropped = out == 255
+    assert (dropped == bad).float().mean() > 0.99
+    assert not method.filter_noise(logits, torch.where(bad, torch.tensor(255), labels)).eq(255).logical_and(~bad).any()
