@@ -206,7 +206,9 @@ class DuPL(Method):
         it = self.iteration
         outputs = [s.forward_outputs(images) for s in self.students]
         cam_logits = [self.cams(i, o) for i, o in enumerate(outputs)]
-        zero = images.new_zeros(())
+        # a zero reaching every segmentation head, so that under DDP every parameter has a gradient at every
+        # step (the heads are unsupervised during the CAM warm-up)
+        zero = sum(o["pred_logits"].float().mean() for o in outputs) * 0.0
         losses = {"loss_cls": self.weights["cls"] * sum(
             multilabel_classification_loss(c.float().mean((2, 3)), labels) for c in cam_logits)}
         dual = len(outputs) == 2
