@@ -201,8 +201,12 @@ class DuPL(Method):
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         labels = self.image_label_matrix(batched_inputs)
-        images = self.model.preprocess_images(batched_inputs).tensor
+        image_list = self.model.preprocess_images(batched_inputs)
+        images = image_list.tensor
         size = images.shape[-2:]
+        padding = torch.ones(images.shape[0], *size, dtype=torch.bool, device=images.device)
+        for b, (h, w) in enumerate(image_list.image_sizes):
+            padding[b, :h, :w] = False
         it = self.iteration
         outputs = [s.forward_outputs(images) for s in self.students]
         cam_logits = [self.cams(i, o) for i, o in enumerate(outputs)]
@@ -219,7 +223,8 @@ class DuPL(Method):
             return losses
         tau_h = self.foreground_threshold(labels)
         logits = [o["pred_logits"].float() for o in outputs]
-        targets = [self.pseudo_labels(c, labels, size, tau_h) for c in cam_logits]
+        targets = [self.pseudo_labels(c, labels, size, tau_h).masked_fill(padding, self.ignore_label)
+                   for c in cam_logits]
         late = it >= self.gmm_start_iter
         if late and self.noise_filter:
             targets = [self.filter_noise(lg, t) for lg, t in zip(logits, targets)]
