@@ -11,6 +11,7 @@ histograms that keep each bin's count, sum and sum of squares (see :func:`fit_gm
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,19 +82,20 @@ def fit_gmm_1d(x: torch.Tensor, mask: torch.Tensor | None = None, *, iters: int 
     hist = torch.zeros(3, n_rows, bins + 1, dtype=x.dtype, device=x.device)
     for k, v in enumerate((torch.ones_like(x), x, x * x)):
         hist[k].scatter_add_(1, idx, v)
-    cnt, sx, sxx = hist[..., :bins].double().unbind(0)  # (N, B) each
-    centre = sx / cnt.clamp_min(1.0)  # each bin's mean
-    n = cnt.sum(1).clamp_min(1.0)
+    stats = hist[..., :bins].double().permute(1, 0, 2)  # (N, 3, B): per bin count, sum, sum of squares
+    total = stats.sum(2)  # (N, 3)
+    n = total[:, :1].clamp_min(1.0)
+    centre = stats[:, 1] / stats[:, 0].clamp_min(1.0)  # each bin's mean
 
     def m_step(r):  # r: (N, B) noise responsibilities of the bins
-        stats = torch.stack([torch.stack([((1 - r) * s).sum(1), (r * s).sum(1)], 1) for s in (cnt, sx, sxx)], 2)
-        c = stats[..., 0].clamp_min(1e-9)  # (N, 2)
-        mu = stats[..., 1] / c
-        var = (stats[..., 2] / c - mu * mu).clamp_min(0) + reg_covar
-        return c / n[:, None], mu, var
+        noise = (stats * r[:, None]).sum(2)
+        s = torch.stack([total - noise, noise], 1)  # (N, 2 components, 3)
+        c = s[..., 0].clamp_min(1e-9)
+        mu = s[..., 1] / c
+        var = (s[..., 2] / c - mu * mu).clamp_min(0) + reg_covar
+        return c / n, mu, var
 
-    mean = sx.sum(1, keepdim=True) / n[:, None]
-    w, mu, var = m_step((centre > mean).double())
+    w, mu, var = m_step((centre > total[:, 1:2] / n).double())
     for _ in range(iters):
         w, mu, var = m_step(torch.sigmoid(_quadratic(w, mu, var, centre)))
     order = mu.argsort(1)
@@ -111,5 +113,7 @@ def gmm_noise_filter(losses: torch.Tensor, fit_mask: torch.Tensor, *, gamma: flo
     The posterior is evaluated at every pixel; callers restrict the result to the pixels it may apply to."""
     gmm = fit_gmm_1d(losses, fit_mask, iters=iters, reg_covar=reg_covar)
     separated = (gmm.means[:, 1] - gmm.means[:, 0] > eta) & (gmm.count >= max(int(min_pixels), 2))
-    return (gmm.noise_posterior(losses.detach().float()) > gamma) & separated[:, None]
+    # P(noise) > gamma  <=>  log-odds > log(gamma / (1 - gamma)): one pass less than the sigmoid
+    cut = math.log(gamma / (1 - gamma)) if 0 < gamma < 1 else (math.inf if gamma >= 1 else -math.inf)
+    return (gmm.log_odds(losses.detach().float()) > cut) & separated[:, None]
 
