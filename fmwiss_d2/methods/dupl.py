@@ -196,7 +196,8 @@ class DuPL(Method):
         supervising this head (``supervising``) is ignore (uncertain or filtered); ignore elsewhere."""
         prob, pred = logits.detach().float().softmax(1).max(1)
         region = (supervising == self.ignore_label) & (prob >= self.consistency_confidence)
-        return warp_labels(torch.where(region, pred, torch.full_like(pred, self.ignore_label)), theta, self.ignore_label)
+        target = torch.where(region, pred, torch.full_like(pred, self.ignore_label))
+        return warp_labels(target, theta, self.ignore_label)
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:

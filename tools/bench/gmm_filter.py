@@ -30,9 +30,11 @@ def synthetic_losses(images: int, pixels: int, seed: int) -> torch.Tensor:
     out = []
     for i in range(images):
         w_noise = 0.0 if i % 3 == 2 else float(torch.empty(1).uniform_(0.1, 0.4, generator=g))
-        mu_c, mu_n = float(torch.empty(1).uniform_(0.1, 0.6, generator=g)), float(torch.empty(1).uniform_(2, 5, generator=g))
+        mu_c = float(torch.empty(1).uniform_(0.1, 0.6, generator=g))
+        mu_n = float(torch.empty(1).uniform_(2, 5, generator=g))
         noisy = torch.rand(pixels, generator=g) < w_noise
-        x = torch.where(noisy, mu_n + 0.5 * torch.randn(pixels, generator=g), mu_c + 0.15 * torch.randn(pixels, generator=g))
+        x = torch.where(noisy, mu_n + 0.5 * torch.randn(pixels, generator=g),
+                        mu_c + 0.15 * torch.randn(pixels, generator=g))
         out.append(x.abs())
     return torch.stack(out)
 
