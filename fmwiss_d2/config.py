@@ -23,6 +23,8 @@ def add_fmwiss_config(cfg):
     cfg.METHOD.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
     cfg.METHOD.MIB.PSEUDO_LABEL = False  # old-model pseudo labels on background pixels (CoMFormer; OldModelSource)
 
+    _add_pading_config(cfg)
+
     # Pseudo-label sources (fmwiss_d2/pseudo_labels): their settings.
     cfg.PSEUDO_LABELS = CN()
     cfg.PSEUDO_LABELS.OLD_MODEL = CN()
@@ -57,6 +59,32 @@ def add_fmwiss_config(cfg):
     _add_model_config(cfg)
     _add_foundation_config(cfg)
     _add_dupl_config(cfg)
+
+
+def _add_pading_config(cfg):
+    """PADing (methods/pading.py): zero-shot segmentation by primitive generation, in three stages."""
+    c = cfg.METHOD.PADING = CN()
+    c.SPLIT = ""  # zero-shot split (data/datasets/zero_shot.py): a registered name or a YAML file
+    c.STAGE = "seen"  # "seen" (stage 1: model on seen classes), "generator" (train the generator), "classifier" (stage 2)
+    c.GENERATOR = "PrimitiveGenerator"  # GENERATOR_REGISTRY name: "PrimitiveGenerator" (PADing) or "MLPGenerator" (GMMN)
+    c.NUM_PRIMITIVES = 400  # learnable primitives the generator's queries attend to
+    c.GENERATOR_LAYERS = 3  # transformer-decoder layers of the primitive generator
+    c.GENERATOR_HIDDEN_DIM = 256  # FFN / MLP width of the generators and the disentangler
+    c.NOISE_DIM = 64  # width of the generator's Gaussian noise
+    c.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 80.0]  # Gaussian kernel widths of the MMD loss (GMMN's)
+    c.CLS_WEIGHT = 0.001  # weight of the synthetic embeddings' classification loss
+    c.DISENTANGLE = True  # feature disentanglement (semantic-related / unrelated parts, reconstruction)
+    c.ALIGN = True  # semantic-visual relation alignment of the related parts (needs DISENTANGLE)
+    c.STRUCTURE_WEIGHT = 1e-4  # weight of the whole structure term (disentanglement + alignment)
+    c.ALIGN_WEIGHT = 1.0  # alignment + unrelated-prior terms inside the structure term
+    c.RELATION_WEIGHT = 1.0  # semantic classification of the related part inside the structure term
+    c.RECONSTRUCTION_WEIGHT = 0.5  # reconstruction inside the structure term
+    c.RELATION_TEMPERATURE = 0.1  # temperature of the cosine relations (alignment, related-part classification)
+    c.GENERATOR_WEIGHTS = ""  # stage 2: the generator stage's final checkpoint (its generator is used frozen)
+    c.NUM_FAKE = 16  # stage 2: synthetic unseen embeddings per iteration
+    c.STAGE_MAX_ITER = 0  # SOLVER.MAX_ITER of the generator and classifier stages (tools/run_zero_shot.py); 0 = keep
+    c.STAGE_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator and classifier stages; 0 = keep
+    c.UNSEEN_WEIGHT = 1.0  # stage 2: class weight of the unseen classes in the classifier's cross-entropy
 
 
 def _add_model_config(cfg):
@@ -99,6 +127,10 @@ def _add_model_config(cfg):
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112  # sampled points per mask (0 = every pixel, no sampling)
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # importance sampling: candidates = ratio * points
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken at the most uncertain candidates
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER = CN()  # open-vocabulary class head (heads/classifier.py: TextClassifier)
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.ENABLED = False  # cosine with class-name text embeddings instead of a linear layer
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.EMBED_DIM = 64  # text embedding width (CLIP's embed_dim: 64 tiny, 512 ViT-B)
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.TEMPERATURE = 0.07  # initial softmax temperature (learned)
     cfg.MODEL.MASK_FORMER.TEST = CN()
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # produce "sem_seg" at inference
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # produce "instances" at inference
