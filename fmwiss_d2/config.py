@@ -58,6 +58,7 @@ def add_fmwiss_config(cfg):
 
     _add_model_config(cfg)
     _add_foundation_config(cfg)
+    _add_dupl_config(cfg)
 
 
 def _add_pading_config(cfg):
@@ -204,3 +205,34 @@ def _add_foundation_config(cfg):
     cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global crops + the local crops, if any)
     cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.DINO.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
+
+
+def _add_dupl_config(cfg):
+    """DuPL (one-stage WSSS with two students; fmwiss_d2/methods/dupl.py), defaults of the paper's VOC recipe,
+    and its pseudo-label source (a trained DuPL labels any split)."""
+    # --- DuPL ---
+    c = cfg.METHOD.DUPL = CN()
+    c.DUAL = True  # two students supervising each other; False = one student on its own CAMs (ablation)
+    c.TAU_L = 0.25  # CAM score <= TAU_L: background pseudo label
+    c.TAU_H_START = 0.7  # CAM score >= tau_h: foreground; tau_h starts here at SEG_START_ITER
+    c.TAU_H_END = [0.55]  # floor of tau_h per foreground class (one value = all classes), reached at THRESHOLD_END_ITER
+    c.DYNAMIC_THRESHOLD = True  # cosine descent of tau_h; False = fixed TAU_H_START (ablation)
+    c.SEG_START_ITER = 2000  # segmentation heads supervised from here (CAM warm-up before)
+    c.THRESHOLD_START_ITER = -1  # start of the tau_h descent; < 0 = SEG_START_ITER
+    c.THRESHOLD_END_ITER = -1  # end of the tau_h descent; <= 0 = SOLVER.MAX_ITER
+    c.NOISE_FILTER = True  # GMM filter of noisy foreground pseudo labels from GMM_START_ITER (False: ablation)
+    c.GMM_START_ITER = 8000  # noise filter and consistency regularisation start here
+    c.GMM_GAMMA = 0.95  # a pixel is noisy when its noise posterior exceeds this
+    c.GMM_ETA = 1.0  # an image whose two loss clusters' means differ by <= this is clean
+    c.GMM_MIN_PIXELS = 1000  # an image with fewer foreground pixels to fit is clean
+    c.GMM_MIN_LOSS = 0.1  # per-pixel losses <= this are left out of the fit (already-fitted pixels)
+    c.GMM_ITERS = 20  # EM iterations per fit
+    c.CLS_WEIGHT = 1.0  # multi-label classification loss (the CAMs' signal)
+    c.SEG_WEIGHT = 0.2  # cross pseudo-label segmentation loss
+    c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)
+    c.CONSISTENCY_WEIGHT = 0.05  # consistency on uncertain/filtered pixels under a strong view (0: ablation)
+    c.CONSISTENCY_CONFIDENCE = 0.9  # plain-view prediction used as target where its top probability >= this
+    cfg.PSEUDO_LABELS.DUPL = CN()
+    cfg.PSEUDO_LABELS.DUPL.CONFIG_FILE = ""  # config the DuPL checkpoint was trained with
+    cfg.PSEUDO_LABELS.DUPL.CHECKPOINT = ""  # the trained DuPL checkpoint (model_final.pth)
+    cfg.PSEUDO_LABELS.DUPL.THRESHOLD = 0.0  # minimum top score of a valid pixel
