@@ -6,3 +6,4 @@ from .base import (  # noqa: F401
     METHOD_REGISTRY, Finetune, Method, MethodConfigError, Supervised, build_method, cosine_schedule,
 )
 from . import mib  # noqa: F401  (registers "MiB")
+from . import fmwiss  # noqa: F401,E402  (registers "FMWISS")
