@@ -147,3 +147,17 @@ def test_fmwiss_refuses_pixel_labels_at_a_weak_step(task, tmp_path):
     cfg = _cfg(1, tmp_path, "FMWISS", "INCREMENTAL.NEW_CLASS_LABELS", "pixel")
     with pytest.raises(MethodConfigError, match="NEW_CLASS_LABELS image"):
         build_method(cfg, build_model(cfg), task, 1)
+
+
+def test_foundation_pretraining_runs_when_first_needed_inside_no_grad(tiny_world):
+    """CLIPSource builds its CLIP lazily inside its no_grad forward; an "auto:shapes" checkpoint is then
+    pretrained right there, which must still compute gradients."""
+    from fmwiss_d2.modeling.foundation.pretrain_clip import CLIPPretrainConfig, pretrain_clip
+    from fmwiss_d2.modeling.foundation.pretrain_dino import DINOPretrainConfig, pretrain_dino
+
+    spec, cache, _ = tiny_world
+    with torch.no_grad():
+        clip, _ = pretrain_clip(spec, cache, config=CLIPPretrainConfig(steps=1, batch_size=4, warmup=1), progress=False)
+        student, _, _ = pretrain_dino(spec, cache, config=DINOPretrainConfig(steps=1, batch_size=2, local_crops=0,
+                                                                             warmup=1, out_dim=16), progress=False)
+    assert any(p.requires_grad for p in clip.parameters()) and any(p.requires_grad for p in student.parameters())
