@@ -87,6 +87,16 @@ def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tm
     bank1 = MemoryBank.read(str(tmp_path / "step1" / "model_final.pth"))
     assert bank1["identity"]["step"] == 1 and torch.equal(bank1["count"][:7], bank0.count[:7].cpu())
 
+    # --eval-only builds the same method (teacher, bank) and loads its own parts strictly
+    cfg_eval = tiny_cfg("shapes/deeplabv3_semantic.yaml", *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP", "1",
+                        "METHOD.NAME", "FMWISS", "OUTPUT_DIR", str(tmp_path))
+    configure_step(cfg_eval, eval_only=True)
+    evaluated = Trainer.build_eval_model(cfg_eval, cfg_eval.MODEL.WEIGHTS)
+    assert torch.equal(evaluated.teacher.classifier.weight, method.teacher.classifier.weight)
+    assert torch.equal(evaluated.memory_bank.images, method.memory_bank.images)
+    assert cfg_eval.DATASETS.TEST == ("tiny_fm_6-4_overlap_step1_val",)
+    assert 0 <= Trainer.test(cfg_eval, evaluated)["sem_seg"]["mIoU_new"] <= 100
+
 
 def test_losses_reach_the_teacher_and_the_student(task, tmp_path):
     from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
@@ -146,7 +156,7 @@ def test_fmwiss_refuses_pixel_labels_at_a_weak_step(task, tmp_path):
 
     cfg = _cfg(1, tmp_path, "FMWISS", "INCREMENTAL.NEW_CLASS_LABELS", "pixel")
     with pytest.raises(MethodConfigError, match="NEW_CLASS_LABELS image"):
-        build_method(cfg, build_model(cfg), task, 1)
+        build_method(cfg, build_model(cfg), task, 1).prepare_training(cfg)
 
 
 def test_foundation_pretraining_runs_when_first_needed_inside_no_grad(tiny_world):

@@ -89,10 +89,6 @@ class FMWISS(Method):
     @classmethod
     def from_config(cls, cfg, model, *, task=None, step: int = 0):
         c = cfg.METHOD.FMWISS
-        if step > 0 and cfg.INPUT.SUPERVISION != "image":
-            raise MethodConfigError("FMWISS learns the new classes from image-level labels only: set "
-                                    "INCREMENTAL.NEW_CLASS_LABELS image (a step with pixel labels is not weakly "
-                                    "incremental; use MiB)")
         if not 0.0 <= c.OLD_WEIGHT <= 1.0:
             raise MethodConfigError(f"METHOD.FMWISS.OLD_WEIGHT must be in [0, 1], not {c.OLD_WEIGHT}")
         shapes = model.backbone.output_shape()
@@ -125,6 +121,10 @@ class FMWISS(Method):
         checkpoints)."""
         if self.step == 0:
             return
+        if cfg.INPUT.SUPERVISION != "image":
+            raise MethodConfigError("FMWISS learns the new classes from image-level labels only: set "
+                                    "INCREMENTAL.NEW_CLASS_LABELS image (a step with pixel labels is not weakly "
+                                    "incremental; use MiB)")
         from ..engine.data_loader import training_records
 
         source = self.add_frozen("pseudo_label_source", build_pseudo_label_source(cfg, self.source_name,
