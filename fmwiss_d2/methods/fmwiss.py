@@ -101,10 +101,10 @@ class FMWISS(Method):
             teacher = PluginTeacher(shapes[feature].channels, num_classes, channels=d.ASPP_CHANNELS,
                                     dilations=d.ASPP_DILATIONS, embed_dim=c.EMBED_DIM, norm=d.NORM)
             teacher.lr_multiplier = c.TEACHER_LR_MULTIPLIER
-        identity = None
+        identity, bank = None, None
         if task is not None:
             identity = {"task": task.name, "step": step, "classes": task.seen_classes(step)}
-        bank = MemoryBank(num_classes, c.BANK_SIZE, c.BANK_CROP, identity) if c.COPY_PASTE and task is not None else None
+            bank = MemoryBank(num_classes, c.BANK_SIZE, c.BANK_CROP, identity) if c.COPY_PASTE else None
         return {
             **super().from_config(cfg, model, task=task, step=step),
             "source": c.SOURCE,
@@ -161,7 +161,7 @@ class FMWISS(Method):
         task, _ = run_task(cfg)
         name = task.dataset_name(cfg.INCREMENTAL.SETTING, 0, "train")
         bank = MemoryBank(len(expect["classes"]), self.memory_bank.size, self.memory_bank.crop, expect)
-        foreground = [c for c in self.old_ids if c != 0]
+        foreground = [c for c in self.old_ids if c not in self.model.background_logits]
         bank_from_ground_truth(bank, DatasetCatalog.get(name), foreground, MetadataCatalog.get(name).get("label_lut"),
                                seed=max(cfg.SEED, 0))
         bank.save(path)
@@ -176,7 +176,8 @@ class FMWISS(Method):
         losses = self.model(batched_inputs)
         if self.memory_bank is not None:
             for x in batched_inputs:
-                classes = [int(c) for c in torch.unique(x["sem_seg"]) if 0 < int(c) < self.memory_bank.num_classes]
+                classes = [int(c) for c in torch.unique(x["sem_seg"])
+                           if int(c) < self.memory_bank.num_classes and int(c) not in self.model.background_logits]
                 self.memory_bank.add_from_labels(x["image"], x["sem_seg"], classes)
         return losses
 
@@ -209,7 +210,8 @@ class FMWISS(Method):
         with torch.no_grad():
             old_probs = self.old_model.per_pixel_scores(self.old_model.forward_outputs(x))
             old_probs = F.interpolate(old_probs, size=(h, w), mode="bilinear", align_corners=False)
-            pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())  # on the images as loaded: a source may cache them
+            # the source sees the images as loaded (before pasting): a source may cache per dataset image
+            pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())
             masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids)
             masks = _one_hot_where(masks, pasted)
             valid = (pseudo.valid.to(raw.device) | (pasted >= 0)) & inside
