@@ -59,8 +59,11 @@ def test_soft_labels_new_from_teacher_old_averaged_and_trained_by_bce():
     old = torch.tensor([0.3, 0.7]).reshape(1, 2, 1, 1)
     labelled = torch.tensor([[False, False, True, False]])  # the image is labelled with new class 2 only
     y = soft_label_targets(teacher, old, [2, 3], labelled, old_weight=0.5).flatten()
-    assert y.tolist() == pytest.approx([0.5 * 0.3 + 0.5 * 0.2, 0.5 * 0.7 + 0.5 * 0.6, 0.9, 0.0])
-    assert soft_label_targets(teacher, old, [2, 3], labelled, 1.0).flatten()[:2].tolist() == pytest.approx([0.3, 0.7])
+    # the old background (0.3) keeps only 1 - 0.9 of itself: the new class takes the rest
+    assert y.tolist() == pytest.approx([0.5 * 0.3 * 0.1 + 0.5 * 0.2, 0.5 * 0.7 + 0.5 * 0.6, 0.9, 0.0])
+    assert soft_label_targets(teacher, old, [2, 3], labelled, 1.0).flatten()[:2].tolist() == pytest.approx([0.03, 0.7])
+    nothing_new = soft_label_targets(teacher, old, [2, 3], torch.zeros(1, 4, dtype=torch.bool), 1.0).flatten()
+    assert nothing_new.tolist() == pytest.approx([0.3, 0.7, 0.0, 0.0])  # unlabelled image: the old model as it is
     z = torch.tensor([0.0, 0.0, L3, 0.0]).reshape(1, 4, 1, 1).requires_grad_(True)
     # channels 0, 1, 3 at p = 0.5: log 2 whatever the target; channel 2: -0.9 log 0.75 - 0.1 log 0.25
     want = (3 * math.log(2) + 0.9 * BCE_1 + 0.1 * BCE_0) / 4  # 0.619246
@@ -68,4 +71,4 @@ def test_soft_labels_new_from_teacher_old_averaged_and_trained_by_bce():
     assert loss.item() == pytest.approx(want, abs=1e-6)
     loss.backward()
     # d/dz of mean BCE = (sigmoid(z) - y) / K: channel 3 (absent new class, y = 0) is pushed down
-    assert z.grad.flatten().tolist() == pytest.approx([(0.5 - 0.25) / 4, (0.5 - 0.65) / 4, (0.75 - 0.9) / 4, 0.5 / 4])
+    assert z.grad.flatten().tolist() == pytest.approx([(0.5 - 0.115) / 4, (0.5 - 0.65) / 4, (0.75 - 0.9) / 4, 0.5 / 4])

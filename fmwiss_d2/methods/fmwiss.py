@@ -230,7 +230,8 @@ class FMWISS(Method):
             r = cosine_schedule(0.0, 1.0, 0, max(1, int(self.teacher_warmup * self.max_iter)), self.iteration) \
                 if self.teacher_warmup > 0 else 1.0
             refined = r * t["logits"].detach().sigmoid() + (1 - r) * masks
-        targets = soft_label_targets(refined, old_probs, self.new_ids, labelled, self.old_weight)
+        targets = soft_label_targets(refined, old_probs, self.new_ids, labelled, self.old_weight,
+                                     background=model.background_logits[0])
         targets = _one_hot_where(targets, pasted)
         losses["loss_soft_labels"] = soft_bce(outputs["pred_logits"], targets, inside)
         if self.memory_bank is not None:

@@ -10,7 +10,8 @@ plug-in teacher, whose outputs, with the old model's for the old classes, become
 * :func:`combine_pseudo_masks` -- the teacher's targets: the source's new-class masks, the rest of each pixel's
   mass spread over the old classes as the old model says;
 * :func:`soft_label_targets` / :func:`soft_label_loss` -- the student's objective: new classes take the
-  teacher's soft labels, old classes a weighted average of the old model's and the teacher's outputs.
+  teacher's soft labels, old classes a weighted average of the old model's (its background less what the new
+  classes take) and the teacher's outputs.
 
 Every function takes explicit class-id lists, so the same code serves any task.
 """
@@ -96,28 +97,36 @@ def combine_pseudo_masks(source_scores: torch.Tensor, old_probs: torch.Tensor, n
 
 
 def soft_label_targets(teacher_probs: torch.Tensor, old_probs: torch.Tensor, new_ids: Sequence[int],
-                       labelled: torch.Tensor, old_weight: float) -> torch.Tensor:
+                       labelled: torch.Tensor, old_weight: float, background: int = 0) -> torch.Tensor:
     """The student's soft labels y (N, K, H, W) at a weak step:
 
         y_c = teacher_c * [c in the image's labels]              for c in new_ids
-        y_c = a * old_c + (1 - a) * teacher_c                     for c < K_old (old classes, background included)
+        y_c = a * old~_c + (1 - a) * teacher_c                    for c < K_old (old classes, background included)
+        old~_b = old_b * (1 - sum_{n in new} y_n),  old~_c = old_c otherwise   (b = ``background``)
 
     ``teacher_probs`` (N, K, H, W) in [0, 1] (the teacher's sigmoid), ``old_probs`` (N, K_old, H, W) (the old
     model's softmax), ``labelled`` (N, K) bool (the image-level labels), a = ``old_weight``. Why the label mask: a
-    new class absent from an image's labels is known to be absent. Not differentiated (targets)."""
+    new class absent from an image's labels is known to be absent. Why old~: the old model learnt the new classes
+    as background, so its background stands for "background or a new class" (MiB's background shift); the share
+    the new classes take is removed from it, else a new object would be taught as at least a * old_b background.
+    Not differentiated (targets)."""
     teacher_probs, old_probs = teacher_probs.detach().float(), old_probs.detach().float()
     new = _ids(new_ids, teacher_probs.device)
     k_old = old_probs.shape[1]
     y = torch.zeros_like(teacher_probs)
     mask = labelled.to(teacher_probs.device).float().index_select(1, new)[..., None, None]
-    y[:, new] = teacher_probs.index_select(1, new) * mask
-    y[:, :k_old] = old_weight * old_probs + (1 - old_weight) * teacher_probs[:, :k_old]
+    y_new = teacher_probs.index_select(1, new) * mask
+    y[:, new] = y_new
+    old = old_probs.clone()
+    old[:, background] = old[:, background] * (1 - y_new.sum(1)).clamp_min(0)
+    y[:, :k_old] = old_weight * old + (1 - old_weight) * teacher_probs[:, :k_old]
     return y
 
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, old_probs: torch.Tensor,
                     new_ids: Sequence[int], labelled: torch.Tensor, old_weight: float,
-                    valid: torch.Tensor | None = None) -> torch.Tensor:
+                    valid: torch.Tensor | None = None, background: int = 0) -> torch.Tensor:
     """FMWISS's final objective: ``soft_bce(student_logits, soft_label_targets(...), valid)`` -- the new classes
     learnt from the teacher and the old ones distilled from the old model (and the teacher), both by BCE."""
-    return soft_bce(student_logits, soft_label_targets(teacher_probs, old_probs, new_ids, labelled, old_weight), valid)
+    return soft_bce(student_logits, soft_label_targets(teacher_probs, old_probs, new_ids, labelled, old_weight, background),
+                    valid)
