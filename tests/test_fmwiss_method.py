@@ -171,3 +171,19 @@ def test_foundation_pretraining_runs_when_first_needed_inside_no_grad(tiny_world
         student, _, _ = pretrain_dino(spec, cache, config=DINOPretrainConfig(steps=1, batch_size=2, local_crops=0,
                                                                              warmup=1, out_dim=16), progress=False)
     assert any(p.requires_grad for p in clip.parameters()) and any(p.requires_grad for p in student.parameters())
+
+
+def test_the_teacher_starts_as_the_previous_steps_head(task, tmp_path):
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune"))
+    cfg1 = _cfg(1, tmp_path)
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)  # a fresh step: start_step runs
+    method = trainer._trainer.model.eval()
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        images = (x - method.model.pixel_mean) / method.model.pixel_std
+        old = method.old_model.forward_outputs(images)["pred_logits"]
+        t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
+    assert torch.allclose(t[:, :7], old, atol=1e-4)  # the old classes' logits, as the previous step had them

@@ -114,6 +114,21 @@ class FMWISS(Method):
             "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE, "identity": identity,
         }
 
+    def start_step(self) -> None:
+        """The teacher starts as the previous step's head (its ASPP and old-class classifier; new classes at
+        random) when the model is a DeepLabV3 whose ASPP reads the teacher's feature: a teacher from scratch
+        answers "background" everywhere for its first hundreds of iterations, and the soft labels would teach
+        the student that (this project's choice; docs/fmwiss.md)."""
+        aspp = getattr(self.model, "aspp", None)
+        if self.teacher is None or aspp is None or getattr(self.model, "in_feature", None) != self.teacher_feature:
+            return
+        with torch.no_grad():
+            self.teacher.aspp.load_state_dict(aspp.state_dict())
+            old = self.model.classifier.cls[: self.step]
+            weight = torch.cat([layer.weight for layer in old])
+            self.teacher.classifier.weight[: len(weight)] = weight[..., None, None]
+            self.teacher.classifier.bias[: len(weight)] = torch.cat([layer.bias for layer in old])
+
     # --------------------------------------------------------------------------------- memory bank
     def prepare_training(self, cfg) -> None:
         """At a step >= 1: the pseudo-label source, prepared on the step's records (image labels only); with
