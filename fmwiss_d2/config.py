@@ -180,7 +180,7 @@ def _add_fmwiss_config(cfg):
     c = cfg.METHOD.FMWISS = CN()
     c.SOURCE = "CLIPSource"  # PSEUDO_LABEL_SOURCE_REGISTRY name giving the new classes' pseudo masks
     c.TEACHER = True  # plug-in ASPP teacher refining the pseudo masks online (off: the student learns the pseudo masks)
-    c.TEACHER_LR_MULTIPLIER = 10.0  # teacher lr = SOLVER.BASE_LR * this (it starts from scratch at every step)
+    c.TEACHER_LR_MULTIPLIER = 1.0  # teacher lr = SOLVER.BASE_LR * this (it starts as the previous step's head)
     c.TEACHER_WARMUP = 0.1  # share of the step's iterations over which the new classes' soft labels move from the pseudo masks to the teacher
     c.EMBED_DIM = 128  # width of the teacher's pixel embeddings (contrastive space)
     c.CONTRASTIVE_WEIGHT = 0.1  # weight of the teacher's dense contrastive loss (0 = off)
