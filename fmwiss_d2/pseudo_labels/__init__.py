@@ -9,4 +9,5 @@ from .base import (  # noqa: F401
     PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource, build_pseudo_label_source,
 )
 from . import sources  # noqa: F401  (registers "OldModelSource", "CLIPSource")
+from . import dupl  # noqa: F401  (registers "DuPL")
 from .cache import PseudoLabelCache  # noqa: F401
