@@ -59,6 +59,7 @@ def add_fmwiss_config(cfg):
     _add_model_config(cfg)
     _add_foundation_config(cfg)
     _add_dupl_config(cfg)
+    _add_fmwiss_config(cfg)
 
 
 def _add_pading_config(cfg):
@@ -205,6 +206,25 @@ def _add_foundation_config(cfg):
     cfg.MODEL.DINO.PRETRAIN.BATCH_SIZE = 64  # images per step (each gives 2 global crops + the local crops, if any)
     cfg.MODEL.DINO.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.DINO.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
+
+
+def _add_fmwiss_config(cfg):
+    """FMWISS (fmwiss_d2/methods/fmwiss.py): weak steps trained from pseudo masks, a plug-in teacher, copy-paste."""
+    c = cfg.METHOD.FMWISS = CN()
+    c.SOURCE = "CLIPSource"  # PSEUDO_LABEL_SOURCE_REGISTRY name giving the new classes' pseudo masks
+    c.TEACHER = True  # plug-in ASPP teacher refining the pseudo masks online (off: the student learns the pseudo masks)
+    c.TEACHER_LR_MULTIPLIER = 1.0  # teacher lr = SOLVER.BASE_LR * this (it starts as the previous step's head)
+    c.TEACHER_WARMUP = 0.1  # share of the step's iterations over which the new classes' soft labels move from the pseudo masks to the teacher
+    c.EMBED_DIM = 128  # width of the teacher's pixel embeddings (contrastive space)
+    c.CONTRASTIVE_WEIGHT = 0.1  # weight of the teacher's dense contrastive loss (0 = off)
+    c.CONTRASTIVE_TEMPERATURE = 0.1  # InfoNCE temperature
+    c.CONTRASTIVE_PIXELS = 1024  # pixels drawn per batch for the contrastive loss (its cost is quadratic)
+    c.OLD_WEIGHT = 0.5  # old classes' soft labels: OLD_WEIGHT * old model + (1 - OLD_WEIGHT) * teacher
+    c.COPY_PASTE = True  # memory-based copy-paste of old-class instances into the step's images
+    c.BANK_SIZE = 16  # instances kept per class (B)
+    c.BANK_CROP = 64  # stored instances are resized to BANK_CROP x BANK_CROP
+    c.PASTE_PER_IMAGE = 1  # old-class instances pasted into each training image
+    c.PASTE_SCALE = [0.25, 0.5]  # pasted side / the image's shorter side, drawn uniformly in this range
 
 
 def _add_dupl_config(cfg):

@@ -7,4 +7,5 @@ from .base import (  # noqa: F401
 )
 from . import mib  # noqa: F401  (registers "MiB")
 from . import dupl  # noqa: F401  (registers "DuPL")
+from . import fmwiss  # noqa: F401  (registers "FMWISS")
 from . import pading  # noqa: F401  (registers "PADing")
