@@ -192,7 +192,7 @@ setup(
     package_data={"fmwiss_d2.modeling.foundation": ["model_configs/*.json"]},  # open_clip / ViT configs, read at run time
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "bench": ["scikit-learn"]},  # bench: tools/bench/gmm_filter.py compares with it
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -23,6 +23,8 @@ def add_fmwiss_config(cfg):
     cfg.METHOD.MIB.MASK_KD_WEIGHT = 0.0  # mask classification: distill old-class queries' masks (0 = off)
     cfg.METHOD.MIB.PSEUDO_LABEL = False  # old-model pseudo labels on background pixels (CoMFormer; OldModelSource)
 
+    _add_pading_config(cfg)
+
     # Pseudo-label sources (fmwiss_d2/pseudo_labels): their settings.
     cfg.PSEUDO_LABELS = CN()
     cfg.PSEUDO_LABELS.OLD_MODEL = CN()
@@ -57,6 +59,34 @@ def add_fmwiss_config(cfg):
     _add_model_config(cfg)
     _add_foundation_config(cfg)
     _add_fmwiss_pseudo_label_config(cfg)
+    _add_dupl_config(cfg)
+    _add_fmwiss_config(cfg)
+
+
+def _add_pading_config(cfg):
+    """PADing (methods/pading.py): zero-shot segmentation by primitive generation, in three stages."""
+    c = cfg.METHOD.PADING = CN()
+    c.SPLIT = ""  # zero-shot split (data/datasets/zero_shot.py): a registered name or a YAML file
+    c.STAGE = "seen"  # "seen" (stage 1: model on seen classes), "generator" (train the generator), "classifier" (stage 2)
+    c.GENERATOR = "PrimitiveGenerator"  # GENERATOR_REGISTRY name: "PrimitiveGenerator" (PADing) or "MLPGenerator" (GMMN)
+    c.NUM_PRIMITIVES = 400  # learnable primitives the generator's queries attend to
+    c.GENERATOR_LAYERS = 3  # transformer-decoder layers of the primitive generator
+    c.GENERATOR_HIDDEN_DIM = 256  # FFN / MLP width of the generators and the disentangler
+    c.NOISE_DIM = 64  # width of the generator's Gaussian noise
+    c.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 80.0]  # Gaussian kernel widths of the MMD loss (GMMN's)
+    c.CLS_WEIGHT = 0.001  # weight of the synthetic embeddings' classification loss
+    c.DISENTANGLE = True  # feature disentanglement (semantic-related / unrelated parts, reconstruction)
+    c.ALIGN = True  # semantic-visual relation alignment of the related parts (needs DISENTANGLE)
+    c.STRUCTURE_WEIGHT = 1e-4  # weight of the whole structure term (disentanglement + alignment)
+    c.ALIGN_WEIGHT = 1.0  # alignment + unrelated-prior terms inside the structure term
+    c.RELATION_WEIGHT = 1.0  # semantic classification of the related part inside the structure term
+    c.RECONSTRUCTION_WEIGHT = 0.5  # reconstruction inside the structure term
+    c.RELATION_TEMPERATURE = 0.1  # temperature of the cosine relations (alignment, related-part classification)
+    c.GENERATOR_WEIGHTS = ""  # stage 2: the generator stage's final checkpoint (its generator is used frozen)
+    c.NUM_FAKE = 16  # stage 2: synthetic unseen embeddings per iteration
+    c.STAGE_MAX_ITER = 0  # SOLVER.MAX_ITER of the generator and classifier stages (tools/run_zero_shot.py); 0 = keep
+    c.STAGE_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator and classifier stages; 0 = keep
+    c.UNSEEN_WEIGHT = 1.0  # stage 2: class weight of the unseen classes in the classifier's cross-entropy
 
 
 def _add_model_config(cfg):
@@ -99,6 +129,10 @@ def _add_model_config(cfg):
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112  # sampled points per mask (0 = every pixel, no sampling)
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # importance sampling: candidates = ratio * points
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken at the most uncertain candidates
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER = CN()  # open-vocabulary class head (heads/classifier.py: TextClassifier)
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.ENABLED = False  # cosine with class-name text embeddings instead of a linear layer
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.EMBED_DIM = 64  # text embedding width (CLIP's embed_dim: 64 tiny, 512 ViT-B)
+    cfg.MODEL.MASK_FORMER.TEXT_CLASSIFIER.TEMPERATURE = 0.07  # initial softmax temperature (learned)
     cfg.MODEL.MASK_FORMER.TEST = CN()
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # produce "sem_seg" at inference
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # produce "instances" at inference
@@ -200,3 +234,53 @@ def _add_fmwiss_pseudo_label_config(cfg):
     cfg.PSEUDO_LABELS.LOCALIZER.FEATURE = "res4"  # old model's backbone feature fed to the head (stride 16)
     cfg.PSEUDO_LABELS.LOCALIZER.SEED = 0  # initialization and batch order
     cfg.PSEUDO_LABELS.LOCALIZER.THRESHOLD = 0.0  # minimum top score of a valid pixel
+
+
+def _add_fmwiss_config(cfg):
+    """FMWISS (fmwiss_d2/methods/fmwiss.py): weak steps trained from pseudo masks, a plug-in teacher, copy-paste."""
+    c = cfg.METHOD.FMWISS = CN()
+    c.SOURCE = "CLIPSource"  # PSEUDO_LABEL_SOURCE_REGISTRY name giving the new classes' pseudo masks
+    c.TEACHER = True  # plug-in ASPP teacher refining the pseudo masks online (off: the student learns the pseudo masks)
+    c.TEACHER_LR_MULTIPLIER = 1.0  # teacher lr = SOLVER.BASE_LR * this (it starts as the previous step's head)
+    c.TEACHER_WARMUP = 0.1  # share of the step's iterations over which the new classes' soft labels move from the pseudo masks to the teacher
+    c.EMBED_DIM = 128  # width of the teacher's pixel embeddings (contrastive space)
+    c.CONTRASTIVE_WEIGHT = 0.1  # weight of the teacher's dense contrastive loss (0 = off)
+    c.CONTRASTIVE_TEMPERATURE = 0.1  # InfoNCE temperature
+    c.CONTRASTIVE_PIXELS = 1024  # pixels drawn per batch for the contrastive loss (its cost is quadratic)
+    c.OLD_WEIGHT = 0.5  # old classes' soft labels: OLD_WEIGHT * old model + (1 - OLD_WEIGHT) * teacher
+    c.COPY_PASTE = True  # memory-based copy-paste of old-class instances into the step's images
+    c.BANK_SIZE = 16  # instances kept per class (B)
+    c.BANK_CROP = 64  # stored instances are resized to BANK_CROP x BANK_CROP
+    c.PASTE_PER_IMAGE = 1  # old-class instances pasted into each training image
+    c.PASTE_SCALE = [0.25, 0.5]  # pasted side / the image's shorter side, drawn uniformly in this range
+
+
+def _add_dupl_config(cfg):
+    """DuPL (one-stage WSSS with two students; fmwiss_d2/methods/dupl.py), defaults of the paper's VOC recipe,
+    and its pseudo-label source (a trained DuPL labels any split)."""
+    # --- DuPL ---
+    c = cfg.METHOD.DUPL = CN()
+    c.DUAL = True  # two students supervising each other; False = one student on its own CAMs (ablation)
+    c.TAU_L = 0.25  # CAM score <= TAU_L: background pseudo label
+    c.TAU_H_START = 0.7  # CAM score >= tau_h: foreground; tau_h starts here at SEG_START_ITER
+    c.TAU_H_END = [0.55]  # floor of tau_h per foreground class (one value = all classes), reached at THRESHOLD_END_ITER
+    c.DYNAMIC_THRESHOLD = True  # cosine descent of tau_h; False = fixed TAU_H_START (ablation)
+    c.SEG_START_ITER = 2000  # segmentation heads supervised from here (CAM warm-up before)
+    c.THRESHOLD_START_ITER = -1  # start of the tau_h descent; < 0 = SEG_START_ITER
+    c.THRESHOLD_END_ITER = -1  # end of the tau_h descent; <= 0 = SOLVER.MAX_ITER
+    c.NOISE_FILTER = True  # GMM filter of noisy foreground pseudo labels from GMM_START_ITER (False: ablation)
+    c.GMM_START_ITER = 8000  # noise filter and consistency regularisation start here
+    c.GMM_GAMMA = 0.95  # a pixel is noisy when its noise posterior exceeds this
+    c.GMM_ETA = 1.0  # an image whose two loss clusters' means differ by <= this is clean
+    c.GMM_MIN_PIXELS = 1000  # an image with fewer foreground pixels to fit is clean
+    c.GMM_MIN_LOSS = 0.1  # per-pixel losses <= this are left out of the fit (already-fitted pixels)
+    c.GMM_ITERS = 20  # EM iterations per fit
+    c.CLS_WEIGHT = 1.0  # multi-label classification loss (the CAMs' signal)
+    c.SEG_WEIGHT = 0.2  # cross pseudo-label segmentation loss
+    c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)
+    c.CONSISTENCY_WEIGHT = 0.05  # consistency on uncertain/filtered pixels under a strong view (0: ablation)
+    c.CONSISTENCY_CONFIDENCE = 0.9  # plain-view prediction used as target where its top probability >= this
+    cfg.PSEUDO_LABELS.DUPL = CN()
+    cfg.PSEUDO_LABELS.DUPL.CONFIG_FILE = ""  # config the DuPL checkpoint was trained with
+    cfg.PSEUDO_LABELS.DUPL.CHECKPOINT = ""  # the trained DuPL checkpoint (model_final.pth)
+    cfg.PSEUDO_LABELS.DUPL.THRESHOLD = 0.0  # minimum top score of a valid pixel

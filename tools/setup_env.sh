@@ -30,7 +30,7 @@ fi
 
 RUNTIME_DEPS=("numpy<2" Pillow matplotlib pycocotools termcolor yacs tabulate cloudpickle tqdm tensorboard
   "omegaconf>=2.1,<2.4" "hydra-core>=1.1" packaging fvcore iopath scipy opencv-python-headless
-  open_clip_torch==3.3.0 timm panopticapi-lite pytest pyyaml ninja)
+  open_clip_torch==3.3.0 timm panopticapi-lite pytest pyyaml ninja scikit-learn)
 deps_key=$(printf '%s\n' "${RUNTIME_DEPS[@]}" | sha1sum | cut -c1-12)
 if [ ! -f "$STAMPS/deps-$deps_key" ]; then
   log "installing runtime dependencies"

@@ -41,12 +41,24 @@ def load_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
     return cfg
 
 
+def _reset_loggers():
+    """Why: the protocol runners run several stages in one process, each with its own OUTPUT_DIR; detectron2's
+    ``setup_logger`` adds console and file handlers per new folder, so without this every line would be printed
+    once per earlier stage (and written into earlier stages' log files)."""
+    for name in ("detectron2", "fvcore", "fmwiss_d2"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    setup_logger.cache_clear()
+
+
 def setup(args):
     """The frozen config of a run (task step resolved, device checked), with logging set up."""
     cfg = load_config(args.config_file, args.opts)
     configure_step(cfg, eval_only=args.eval_only)
     default_device_check(cfg)
     cfg.freeze()
+    _reset_loggers()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fmwiss_d2", abbrev_name="fmwiss")
     return cfg

@@ -291,14 +291,22 @@ def run_variants(args, names: Sequence[str], train: Callable = train_step) -> di
                             key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts}))
     with OutputDirLock(cfg.OUTPUT_DIR):
         run_stages(stages)
+    return write_comparison(cfg, args.config_file, [(v.name, stage.folder) for v, stage in zip(variants, stages)])
+
+
+def write_comparison(cfg, config_file: str, runs: Sequence[tuple]) -> dict:
+    """The ``PROTOCOL.METRICS`` of every ``(name, folder)`` run on every ``DATASETS.TEST`` dataset, read from the
+    runs' results files: printed, and written to ``OUTPUT_DIR/summary.{json,csv}``."""
+    from .trainer import results_file
+
     metrics = list(cfg.PROTOCOL.METRICS)
     rows = []
-    for v, stage in zip(variants, stages):
-        with open(results_file(stage.folder)) as f:
+    for name, folder in runs:
+        with open(results_file(folder)) as f:
             res = json.load(f)
         for dataset in cfg.DATASETS.TEST:
-            rows.append({"variant": v.name, "dataset": dataset, **{m: _metric(res, dataset, m) for m in metrics}})
-    summary = {"config": args.config_file, "metrics": metrics, "rows": rows}
+            rows.append({"variant": name, "dataset": dataset, **{m: _metric(res, dataset, m) for m in metrics}})
+    summary = {"config": config_file, "metrics": metrics, "rows": rows}
     atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "summary.json"), summary, indent=1, default=lambda x: None)
     with atomic_open(os.path.join(cfg.OUTPUT_DIR, "summary.csv"), "w") as f:
         f.write(",".join(["variant", "dataset", *metrics]) + "\n")
@@ -309,3 +317,56 @@ def run_variants(args, names: Sequence[str], train: Callable = train_step) -> di
                      headers=["variant", "dataset", *metrics], tablefmt="github", disable_numparse=True)
     print(f"\n{table}\n\nWritten to {cfg.OUTPUT_DIR}/summary.{{csv,json}}")
     return summary
+
+
+# ------------------------------------------------------------------------------------------ zero-shot (PADing)
+def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> List[tuple]:
+    """``(variant, [stages], folder evaluated)`` for PADing's protocol: stage 1 ("seen") once in
+    ``OUTPUT_DIR/stage1``, shared by every variant (a variant's own overrides apply from the generator stage on);
+    then per variant ``OUTPUT_DIR/<variant>/generator`` (no evaluation: the class head is stage 1's) and
+    ``.../classifier``, evaluated. A variant that sets ``METHOD.PADING.STAGE seen`` is stage 1 alone."""
+    key = lambda opts: {"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts}  # noqa: E731
+    c = cfg.METHOD.PADING
+    later = (["SOLVER.MAX_ITER", str(c.STAGE_MAX_ITER)] if c.STAGE_MAX_ITER > 0 else []) + \
+        (["SOLVER.BASE_LR", str(c.STAGE_BASE_LR)] if c.STAGE_BASE_LR > 0 else [])
+    first = os.path.join(cfg.OUTPUT_DIR, "stage1")
+    opts1 = ["METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "seen", "OUTPUT_DIR", first]
+    stage1 = Stage("stage1", first, run=lambda: train(args, opts1, first), key=key(opts1),
+                   outputs=["model_final.pth", os.path.join("inference", "results.json")])
+    weights1 = os.path.join(first, "model_final.pth")
+    plan = []
+    for name in variants:
+        v = resolve_variant(name, cfg)
+        if v.method != "PADing":
+            raise UserError(f"variant '{name}' trains METHOD.NAME '{v.method}'; tools/run_zero_shot.py runs PADing's "
+                            "stages (use tools/run_variants.py for other methods)")
+        if _override(v.opts, "METHOD.PADING.STAGE", "") == "seen":
+            plan.append((name, [stage1], first))
+            continue
+        gen, clf = (os.path.join(cfg.OUTPUT_DIR, name, s) for s in ("generator", "classifier"))
+        opts_g = [*v.opts, *later, "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "generator",
+                  "MODEL.WEIGHTS", weights1, "DATASETS.TEST", "()", "OUTPUT_DIR", gen]
+        weights_g = os.path.join(gen, "model_final.pth")
+        opts_c = [*v.opts, *later, "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "classifier", "MODEL.WEIGHTS",
+                  weights_g, "METHOD.PADING.GENERATOR_WEIGHTS", weights_g, "OUTPUT_DIR", clf]
+        plan.append((name, [stage1,
+                            Stage(f"{name}/generator", gen, run=lambda o=opts_g, f=gen: train(args, o, f),
+                                  outputs=["model_final.pth"], key=key(opts_g)),
+                            Stage(f"{name}/classifier", clf, run=lambda o=opts_c, f=clf: train(args, o, f),
+                                  outputs=["model_final.pth", os.path.join("inference", "results.json")],
+                                  key=key(opts_c))], clf))
+    return plan
+
+
+def run_zero_shot(args, variants: Sequence[str] = (), train: Callable = train_step) -> dict:
+    """PADing's stages (stage 1 -> generator -> classifier) for each variant (default ``METHOD.NAME``), finished
+    stages skipped, then the comparison of :func:`write_comparison` (seen / unseen / harmonic-mean metrics)."""
+    from .launch import load_config
+
+    cfg = load_config(args.config_file, args.opts)
+    if not cfg.DATASETS.TEST:
+        raise UserError("a comparison needs evaluation datasets: DATASETS.TEST is empty")
+    plan = zero_shot_stages(args, cfg, list(variants) or [cfg.METHOD.NAME], train)
+    with OutputDirLock(cfg.OUTPUT_DIR):
+        run_stages(list(dict.fromkeys(s for _, stages, _ in plan for s in stages)))
+    return write_comparison(cfg, args.config_file, [(name, folder) for name, _, folder in plan])

@@ -51,3 +51,4 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
 
 
 from . import incremental  # noqa: E402,F401  (registers "incremental_sem_seg")
+from . import zero_shot  # noqa: E402,F401  (registers "zero_shot_sem_seg", "zero_shot_panoptic", "zero_shot_instance")

@@ -6,3 +6,6 @@ from .base import (  # noqa: F401
     METHOD_REGISTRY, Finetune, Method, MethodConfigError, Supervised, build_method, cosine_schedule,
 )
 from . import mib  # noqa: F401  (registers "MiB")
+from . import dupl  # noqa: F401  (registers "DuPL")
+from . import fmwiss  # noqa: F401  (registers "FMWISS")
+from . import pading  # noqa: F401  (registers "PADing")

@@ -10,4 +10,5 @@ from .base import (  # noqa: F401
 )
 from . import sources  # noqa: F401  (registers "OldModelSource", "CLIPSource")
 from . import coseg, localizer  # noqa: F401  (register "CoSegmentation", "Localizer")
+from . import dupl  # noqa: F401  (registers "DuPL")
 from .cache import PseudoLabelCache  # noqa: F401

@@ -11,6 +11,7 @@ from .coco import register_all_coco
 from .shapes import register_shapes
 from .tasks import register_builtin_tasks
 from .voc import register_all_voc
+from .zero_shot import register_builtin_zero_shot_splits
 
 _root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
@@ -19,3 +20,4 @@ register_all_voc(_root)
 register_all_ade(_root)
 register_all_coco(_root)
 register_builtin_tasks()
+register_builtin_zero_shot_splits()

@@ -101,6 +101,12 @@ def _segment_classes(dataset_name: str, record: dict, offset: int, n_classes: in
     return out
 
 
+def segment_class_ids(dataset_name: str, record: dict) -> dict[int, int]:
+    """Segment id -> semantic class id (index into :func:`semantic_classes`) of one record of a panoptic dataset."""
+    classes, _, offset = _layout(dataset_name)
+    return _segment_classes(dataset_name, record, offset, len(classes))
+
+
 def convert_panoptic_png(pan_file: str, segment_classes: dict[int, int]) -> np.ndarray:
     """uint8 semantic mask of one panoptic PNG: each pixel gets its segment's class, 255 where no segment."""
     from PIL import Image

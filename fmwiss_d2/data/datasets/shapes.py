@@ -617,4 +617,7 @@ def register_shapes_from_cfg(cfg, prefix: str = "shapes") -> WorldSpec:
                 DatasetCatalog.remove(name)
                 MetadataCatalog.remove(name)
     register_shapes(prefix, spec, cache_dir, num_test)
+    from .zero_shot import reregister_splits_on
+
+    reregister_splits_on(prefix)  # zero-shot splits copy their bases' metadata (paths of this world)
     return spec

@@ -423,6 +423,9 @@ def load_task_file(path: str) -> IncrementalTask:
         spec = yaml.safe_load(f) or {}
     if not isinstance(spec, dict) or "name" not in spec:
         raise TaskDefinitionError(f"{path}: a task file needs a top-level 'name:' and the task keys")
+    if "unseen" in spec:
+        raise TaskDefinitionError(f"{path} defines a zero-shot split (it has 'unseen:'), not an incremental task; "
+                                  "give it to METHOD.PADING.SPLIT")
     spec = dict(spec)
     name = spec.pop("name")
     return register_incremental_task(name, spec)

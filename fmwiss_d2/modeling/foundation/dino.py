@@ -180,6 +180,13 @@ class DINOWrapper(nn.Module):
         x = x + _resample_pos_embed(vit.pos_embed, grid, vit.num_prefix_tokens)
         return vit.norm_pre(vit.pos_drop(x)), grid
 
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` final (normed) patch tokens of an already normalised batch, with gradients: the ViT
+        as a trainable dense backbone (:class:`fmwiss_d2.modeling.backbone.vit.ViTBackbone`)."""
+        x, (h, w) = self._embed(x)
+        x = self.vit.norm(self.vit.blocks(x))
+        return x[:, self.vit.num_prefix_tokens:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         vit = self.vit
         x, (h, w) = self._embed(self.normalize(images.float()))

@@ -81,6 +81,7 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@torch.enable_grad()  # it may first be needed inside a no_grad caller (a pseudo-label source's forward)
 def pretrain_clip(
     spec: WorldSpec = WorldSpec(),
     cache_dir: str | None = None,

@@ -187,6 +187,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, config: DINOPretrainConfig) 
     return gaussian_blur(x, gen, config.blur_p, config.blur_sigma) if config.blur_p else x
 
 
+@torch.enable_grad()  # it may first be needed inside a no_grad caller (a pseudo-label source's forward)
 def pretrain_dino(
     spec: WorldSpec = WorldSpec(),
     cache_dir: str | None = None,

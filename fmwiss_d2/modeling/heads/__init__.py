@@ -1,3 +1,4 @@
 from .classifier import IncrementalClassifier
+from .teacher import PluginTeacher
 
-__all__ = ["IncrementalClassifier"]
+__all__ = ["IncrementalClassifier", "PluginTeacher"]

@@ -1,8 +1,10 @@
 """Extensible classifier shared by the mask-classification and per-pixel model families."""
+import math
 from typing import List
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class IncrementalClassifier(nn.Module):
@@ -73,3 +75,53 @@ class IncrementalClassifier(nn.Module):
             i += 1
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+class TextClassifier(nn.Module):
+    """Open-vocabulary classifier: cosine similarity between projected query features and fixed text embeddings
+    of the class names, scaled by a learned temperature (ZegFormer, PADing Sec. 3.1):
+
+        logit_k(x) = exp(s) * <W x / |W x|, t_k>,   k = 1..K,    logit_{K+1}(x) = exp(s) * <W x / |W x|, t_void>
+
+    ``t_k`` (``text_embeddings``, L2-normalised, e.g. CLIP's of the class names) is a persistent buffer filled by the
+    method that owns the class names (a checkpoint then carries them: evaluation needs no CLIP); ``t_void`` (the
+    "no object" embedding) and ``s`` (log inverse temperature, CLIP's parametrisation) are learned. Why cosine with
+    text: a class without any training example (zero-shot) still gets a classifier, its name's embedding.
+    The same interface as :class:`IncrementalClassifier` (``num_classes``, ``num_outputs``, ``forward(x, dim)``)."""
+
+    def __init__(self, in_dim: int, num_classes: int, embed_dim: int, *, temperature: float = 0.07,
+                 learn_temperature: bool = True):
+        """
+        Args:
+            in_dim: query feature width. num_classes: K. embed_dim: width of the text embeddings.
+            temperature: initial softmax temperature (CLIP's 0.07). learn_temperature: learn it.
+        """
+        super().__init__()
+        self.in_dim = in_dim
+        self.classes_per_step = [int(num_classes)]
+        self.proj = nn.Linear(in_dim, embed_dim)
+        self.register_buffer("text_embeddings", torch.zeros(num_classes, embed_dim))
+        self.no_object_embedding = nn.Parameter(torch.randn(embed_dim) / embed_dim ** 0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes_per_step[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes + 1
+
+    def set_text_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Copies (K, D) class-name embeddings in (normalised here)."""
+        if tuple(embeddings.shape) != tuple(self.text_embeddings.shape):
+            raise ValueError(f"text embeddings of shape {tuple(embeddings.shape)}; this classifier has "
+                             f"{tuple(self.text_embeddings.shape)} (classes, MODEL.MASK_FORMER.TEXT_CLASSIFIER.EMBED_DIM)")
+        with torch.no_grad():
+            self.text_embeddings.copy_(F.normalize(embeddings.float(), dim=-1))
+
+    def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        x = F.normalize(self.proj(x.movedim(dim, -1)), dim=-1)
+        weights = torch.cat([self.text_embeddings, F.normalize(self.no_object_embedding, dim=0)[None]])
+        out = self.logit_scale.exp() * x @ weights.t()
+        return out.movedim(-1, dim)

@@ -84,11 +84,13 @@ class DeepLabV3(SegmentorBase):
         }
 
     def forward_outputs(self, images: torch.Tensor) -> Dict:
-        """``pred_logits`` (N, K, H, W) at the image resolution and ``features`` (N, C, H/16, W/16)."""
-        features = self.aspp(self.backbone(images)[self.in_feature])
+        """``pred_logits`` (N, K, H, W) at the image resolution, ``features`` (N, C, H/16, W/16) after ASPP and
+        ``backbone_features``, the backbone's ``in_feature`` map (for a method's own heads, e.g. DuPL's CAMs)."""
+        backbone_features = self.backbone(images)[self.in_feature]
+        features = self.aspp(backbone_features)
         logits = self.classifier(features, dim=1)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return {"pred_logits": logits, "features": features}
+        return {"pred_logits": logits, "features": features, "backbone_features": backbone_features}
 
     def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
         """Softmax of the per-pixel logits."""

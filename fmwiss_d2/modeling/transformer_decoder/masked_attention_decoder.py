@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 
-from ..heads.classifier import IncrementalClassifier
+from ..heads.classifier import IncrementalClassifier, TextClassifier
 from ..position_encoding import PositionEmbeddingSine
 from . import TRANSFORMER_DECODER_REGISTRY
 
@@ -94,6 +94,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         enforce_input_project: bool,
         dropout: float = 0.0,
         num_feature_levels: int = 3,
+        text_embed_dim: int = 0,
+        text_temperature: float = 0.07,
     ):
         """
         Args:
@@ -104,6 +106,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pre_norm: pre-norm layers. mask_dim: width of the mask embeddings (= pixel decoder's mask_dim).
             enforce_input_project: 1x1 projection of the inputs even when in_channels == hidden_dim.
             dropout: attention/FFN dropout. num_feature_levels: how many multi-scale features are attended.
+            text_embed_dim: > 0: a :class:`TextClassifier` over text embeddings of this width replaces the linear
+                classifier (one group of classes only). text_temperature: its initial temperature.
         """
         super().__init__()
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
@@ -133,7 +137,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(conv)
             else:
                 self.input_proj.append(nn.Identity())
-        self.class_embed = IncrementalClassifier(hidden_dim, classes_per_step, no_object=True)
+        if text_embed_dim > 0:
+            self.class_embed = TextClassifier(hidden_dim, sum(classes_per_step), text_embed_dim,
+                                              temperature=text_temperature)
+        else:
+            self.class_embed = IncrementalClassifier(hidden_dim, classes_per_step, no_object=True)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     @classmethod
@@ -151,6 +159,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "enforce_input_project": m.ENFORCE_INPUT_PROJ,
             "dropout": m.DROPOUT,
+            "text_embed_dim": m.TEXT_CLASSIFIER.EMBED_DIM if m.TEXT_CLASSIFIER.ENABLED else 0,
+            "text_temperature": m.TEXT_CLASSIFIER.TEMPERATURE,
         }
 
     def forward(self, x: List[torch.Tensor], mask_features: torch.Tensor):

@@ -1,0 +1,189 @@
+"""FMWISS end to end on a tiny world: step 0 fills the memory bank from its masks; the weak step 1 trains from
+image labels, pseudo masks (CLIP, random weights: only the plumbing is under test), the teacher and copy-paste,
+never opening a mask file; the teacher learns; a step 0 trained by another method gets its bank from its masks."""
+import os
+
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog, detection_utils
+
+from _model_cfg import tiny_cfg
+from fmwiss_d2.data.dataset_mappers import base as mapper_base
+from fmwiss_d2.data.memory_bank import MemoryBank
+from fmwiss_d2.engine.incremental import configure_step
+
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.SIZE", "(64, 64)",
+        "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.WARMUP_ITERS", "0", "SEED", "7", "MODEL.CLIP.CHECKPOINT", "",
+        "INCREMENTAL.NEW_CLASS_LABELS", "image", "METHOD.FMWISS.BANK_SIZE", "4", "METHOD.FMWISS.BANK_CROP", "16",
+        "METHOD.FMWISS.CONTRASTIVE_PIXELS", "256"]
+
+
+@pytest.fixture(scope="module")
+def task(tiny_world):
+    from fmwiss_d2.data.datasets.tasks import register_incremental_task
+
+    return register_incremental_task("tiny_fm_6-4", {"train": "tiny_shapes_sem_seg_train", "val": "tiny_shapes_sem_seg_val",
+                                                     "steps": [list(range(0, 7)), list(range(7, 11))]})
+
+
+def _cfg(step, out, method="FMWISS", *opts):
+    cfg = tiny_cfg("shapes/deeplabv3_semantic.yaml", *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP",
+                   str(step), "METHOD.NAME", method, "OUTPUT_DIR", str(out), *opts)
+    configure_step(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _train(cfg):
+    from detectron2.utils.env import seed_all_rng
+
+    from fmwiss_d2.engine import Trainer
+
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def _mask_files(task):
+    files = set()
+    for name in DatasetCatalog.list():
+        if name.startswith("tiny_shapes_sem_seg") or name.startswith("tiny_fm_6-4"):
+            files |= {os.path.realpath(r["sem_seg_file_name"]) for r in DatasetCatalog.get(name) if "sem_seg_file_name" in r}
+    return files
+
+
+def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tmp_path, monkeypatch):
+    trainer0 = _train(_cfg(0, tmp_path))
+    bank0 = trainer0._trainer.model.memory_bank
+    assert bank0.count[1:7].sum() > 0 and bank0.count[7:].sum() == 0  # step 0's classes, from its masks
+    saved = MemoryBank.read(str(tmp_path / "step0" / "model_final.pth"))
+    assert saved["identity"]["step"] == 0 and torch.equal(saved["count"], bank0.count.cpu())
+
+    opened = []
+    real_image, real_label = detection_utils.read_image, mapper_base.read_label_map
+    monkeypatch.setattr(detection_utils, "read_image", lambda fn, *a, **k: opened.append(fn) or real_image(fn, *a, **k))
+    monkeypatch.setattr(mapper_base, "read_label_map", lambda fn, *a, **k: opened.append(fn) or real_label(fn, *a, **k))
+    cfg1 = _cfg(1, tmp_path)
+    from fmwiss_d2.engine import Trainer
+
+    method = Trainer.build_train_model(cfg1)
+    teacher0 = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    assert torch.equal(method.memory_bank.count[:7], bank0.count[:7])  # the bank starts as step 0's
+    opened.clear()
+    trainer1 = _train(cfg1)
+    training_reads = {os.path.realpath(f) for f in opened}
+    assert training_reads and not training_reads & _mask_files(task)  # images only, never a mask
+
+    method = trainer1._trainer.model
+    teacher = method.teacher.state_dict()
+    assert any(not torch.equal(teacher[k], teacher0[k]) for k in teacher0 if "weight" in k)  # the teacher learnt
+    ckpt = torch.load(tmp_path / "step1" / "model_final.pth", weights_only=False)
+    assert any(k.startswith("teacher.") for k in ckpt["method"])
+    assert not any("old_model" in k or "pseudo_label_source" in k for k in ckpt["method"])  # frozen parts unsaved
+    bank1 = MemoryBank.read(str(tmp_path / "step1" / "model_final.pth"))
+    assert bank1["identity"]["step"] == 1 and torch.equal(bank1["count"][:7], bank0.count[:7].cpu())
+
+    # --eval-only builds the same method (teacher, bank) and loads its own parts strictly
+    cfg_eval = tiny_cfg("shapes/deeplabv3_semantic.yaml", *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP", "1",
+                        "METHOD.NAME", "FMWISS", "OUTPUT_DIR", str(tmp_path))
+    configure_step(cfg_eval, eval_only=True)
+    evaluated = Trainer.build_eval_model(cfg_eval, cfg_eval.MODEL.WEIGHTS)
+    assert torch.equal(evaluated.teacher.classifier.weight, method.teacher.classifier.weight)
+    assert torch.equal(evaluated.memory_bank.images, method.memory_bank.images)
+    assert cfg_eval.DATASETS.TEST == ("tiny_fm_6-4_overlap_step1_val",)
+    assert 0 <= Trainer.test(cfg_eval, evaluated)["sem_seg"]["mIoU_new"] <= 100
+
+
+def test_losses_reach_the_teacher_and_the_student(task, tmp_path):
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from fmwiss_d2.engine import Trainer
+    from fmwiss_d2.engine.data_loader import training_records
+
+    _train(_cfg(0, tmp_path))
+    cfg1 = _cfg(1, tmp_path)
+    method = Trainer.build_train_model(cfg1).train()
+    mapper = build_dataset_mapper(cfg1, is_train=True)
+    batch = [mapper(r) for r in training_records(cfg1)[:3]]
+    assert all("sem_seg" not in x for x in batch)
+    torch.manual_seed(0)
+    losses = method(batch)
+    assert set(losses) == {"loss_teacher_bce", "loss_teacher_contrastive", "loss_soft_labels"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    grad = lambda ps: sum(float(p.grad.abs().sum()) for p in ps if p.grad is not None)  # noqa: E731
+    assert grad(method.teacher.classifier.parameters()) > 0 and grad(method.teacher.projection.parameters()) > 0
+    assert grad(method.model.classifier.cls[1].parameters()) > 0  # the new classes learn
+    assert all(p.grad is None for p in method.old_model.parameters())
+    # the contrastive loss alone reaches the teacher's embedding head and the shared backbone
+    method.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    method(batch)["loss_teacher_contrastive"].backward()
+    assert grad(method.teacher.projection.parameters()) > 0 and grad(method.model.backbone.parameters()) > 0
+    assert grad(method.teacher.classifier.parameters()) == 0
+
+
+def test_step0_of_another_method_gets_a_bank_from_its_masks(task, tmp_path):
+    _train(_cfg(0, tmp_path, "Finetune"))
+    from fmwiss_d2.engine import Trainer
+
+    method = Trainer.build_train_model(_cfg(1, tmp_path))
+    path = tmp_path / "step0" / "memory_bank.pth"
+    saved = MemoryBank.read(str(path))
+    assert saved["identity"] == {"task": "tiny_fm_6-4", "step": 0, "classes": task.seen_classes(0)}
+    assert saved["count"][1:7].sum() > 0 and saved["count"][0] == 0
+    assert torch.equal(method.memory_bank.count[:7], saved["count"])
+    # a later step whose previous step kept no bank is refused with the fix
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.data.datasets.tasks import register_incremental_task
+    from fmwiss_d2.methods import MethodConfigError, build_method
+
+    task3 = register_incremental_task("tiny_fm_6-2-2", {"train": "tiny_shapes_sem_seg_train", "val": "tiny_shapes_sem_seg_val",
+                                                        "steps": [list(range(0, 7)), [7, 8], [9, 10]]})
+    cfg2 = _cfg(2, tmp_path, "FMWISS", "INCREMENTAL.TASK", "tiny_fm_6-2-2",
+                "INCREMENTAL.PREVIOUS_WEIGHTS", str(tmp_path / "step1" / "model_final.pth"))
+    with pytest.raises(MethodConfigError, match="memory bank of step 1.*COPY_PASTE False"):
+        build_method(cfg2, build_model(cfg2), task3, 2).prepare_training(cfg2)
+
+
+def test_fmwiss_refuses_pixel_labels_at_a_weak_step(task, tmp_path):
+    from fmwiss_d2.methods import MethodConfigError, build_method
+    from detectron2.modeling import build_model
+
+    cfg = _cfg(1, tmp_path, "FMWISS", "INCREMENTAL.NEW_CLASS_LABELS", "pixel")
+    with pytest.raises(MethodConfigError, match="NEW_CLASS_LABELS image"):
+        build_method(cfg, build_model(cfg), task, 1).prepare_training(cfg)
+
+
+def test_foundation_pretraining_runs_when_first_needed_inside_no_grad(tiny_world):
+    """CLIPSource builds its CLIP lazily inside its no_grad forward; an "auto:shapes" checkpoint is then
+    pretrained right there, which must still compute gradients."""
+    from fmwiss_d2.modeling.foundation.pretrain_clip import CLIPPretrainConfig, pretrain_clip
+    from fmwiss_d2.modeling.foundation.pretrain_dino import DINOPretrainConfig, pretrain_dino
+
+    spec, cache, _ = tiny_world
+    with torch.no_grad():
+        clip, _ = pretrain_clip(spec, cache, config=CLIPPretrainConfig(steps=1, batch_size=4, warmup=1), progress=False)
+        student, _, _ = pretrain_dino(spec, cache, config=DINOPretrainConfig(steps=1, batch_size=2, local_crops=0,
+                                                                             warmup=1, out_dim=16), progress=False)
+    assert any(p.requires_grad for p in clip.parameters()) and any(p.requires_grad for p in student.parameters())
+
+
+def test_the_teacher_starts_as_the_previous_steps_head(task, tmp_path):
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune"))
+    cfg1 = _cfg(1, tmp_path)
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)  # a fresh step: start_step runs
+    method = trainer._trainer.model.eval()
+    x = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        images = (x - method.model.pixel_mean) / method.model.pixel_std
+        old = method.old_model.forward_outputs(images)["pred_logits"]
+        t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
+    assert torch.allclose(t[:, :7], old, atol=1e-4)  # the old classes' logits, as the previous step had them
