@@ -15,7 +15,8 @@ TINY = ["MODEL.DEVICE", "cpu", "SHAPES.SEED", "3", "SHAPES.IMAGE_SIZE", "64", "S
         "SHAPES.NUM_VAL", "8", "SHAPES.NUM_TEST", "8", "SOLVER.MAX_ITER", "2", "INCREMENTAL.STEP_MAX_ITER", "2",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1000", "INPUT.MIN_SIZE_TRAIN", "(64,)",
         "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TEST", "64",
-        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256"]
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "MODEL.CLIP.PRETRAIN.STEPS", "2",
+        "MODEL.CLIP.PRETRAIN.BATCH_SIZE", "4", "MODEL.DINO.PRETRAIN.STEPS", "2", "MODEL.DINO.PRETRAIN.BATCH_SIZE", "4"]
 REAL_DATA = re.compile(r"configs/(voc|ade|coco)/|<[^>]+>")
 
 
@@ -83,9 +84,10 @@ def test_every_readme_command_runs(tmp_path):
     for cmd in to_run():
         argv = shlex.split(re.sub(r"<[^>]+>", "PLACEHOLDER", cmd))
         if REAL_DATA.search(cmd):  # real data or weights: the command parses and its keys exist
-            if "--methods" in argv:  # run_incremental's own flag
-                i = argv.index("--methods")
-                argv = argv[:i] + argv[i + 2:]
+            for flag in ("--methods", "--variants"):  # the protocol runners' own flags
+                if flag in argv:
+                    i = argv.index(flag)
+                    argv = argv[:i] + argv[i + 2:]
             args = argument_parser().parse_args(argv[2:])
             load_config(os.path.join(ROOT, args.config_file), args.opts)
             continue
@@ -97,4 +99,7 @@ def test_every_readme_command_runs(tmp_path):
         assert proc.returncode == 0, f"{cmd}\n{(proc.stdout + proc.stderr)[-3000:]}"
         ran.append(cmd)
     assert any("--eval-only" in c for c in ran) and any("run_incremental" in c for c in ran)
-    assert (tmp_path / "output" / "shapes" / "incremental_deeplabv3" / "shapes_6-4_overlap" / "summary.json").is_file()
+    out = tmp_path / "output" / "shapes"
+    for summary in ("incremental_deeplabv3/shapes_6-4_overlap", "fmwiss_deeplabv3/shapes_6-4_overlap", "dupl", "pading"):
+        assert (out / summary / "summary.json").is_file(), summary
+    assert (tmp_path / "pseudo_labels.png").stat().st_size > 0
