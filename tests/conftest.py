@@ -54,3 +54,18 @@ def handmade(tmp_path_factory):
             DatasetCatalog.register(name, lambda: [dict(r) for r in records])
             MetadataCatalog.get(name).set(stuff_classes=HANDMADE_CLASSES, ignore_label=255, evaluator_type="sem_seg")
     return records
+
+
+TINY_ZS_UNSEEN = ["star", "hexagon", "heart", "sand"]  # 3 things + 1 stuff class of the world, as shapes_zs
+
+
+@pytest.fixture(scope="session")
+def tiny_zs_split(tiny_world):
+    """The zero-shot split ``tiny_zs`` of the tiny world's panoptic datasets (unseen: TINY_ZS_UNSEEN)."""
+    from fmwiss_d2.data.datasets.zero_shot import register_zero_shot_split
+
+    return register_zero_shot_split("tiny_zs", {
+        "train": "tiny_shapes_panoptic_train",
+        "val": {"val": "tiny_shapes_panoptic_val", "test": "tiny_shapes_panoptic_test"},
+        "unseen": TINY_ZS_UNSEEN})
+

@@ -7,15 +7,13 @@ from _model_cfg import tiny_cfg
 from fmwiss_d2.data.datasets.zero_shot import register_zero_shot_split
 from fmwiss_d2.methods import MethodConfigError, build_method
 
-UNSEEN = ["star", "hexagon", "heart", "sand"]
+from conftest import TINY_ZS_UNSEEN as UNSEEN  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def split(tiny_world):
-    return register_zero_shot_split("tiny_zs", {
-        "train": "tiny_shapes_panoptic_train",
-        "val": {"val": "tiny_shapes_panoptic_val", "test": "tiny_shapes_panoptic_test"},
-        "unseen": UNSEEN})
+
+@pytest.fixture
+def split(tiny_zs_split):
+    return tiny_zs_split
 
 
 def _cfg(stage="seen", *opts):

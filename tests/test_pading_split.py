@@ -11,16 +11,14 @@ from PIL import Image
 from fmwiss_d2.data.datasets.tasks import TaskDefinitionError
 from fmwiss_d2.data.datasets.zero_shot import register_zero_shot_split, resolve_zero_shot_split
 
-UNSEEN = ["star", "hexagon", "heart", "sand"]
+from conftest import TINY_ZS_UNSEEN as UNSEEN  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def split(tiny_world):
-    return register_zero_shot_split("tiny_zs", {
-        "train": "tiny_shapes_panoptic_train",
-        "val": {"val": "tiny_shapes_panoptic_val", "test": "tiny_shapes_panoptic_test"},
-        "unseen": UNSEEN})
+@pytest.fixture
+def split(tiny_zs_split):
+    return tiny_zs_split
 
 
 def _json(dataset, kind):

@@ -14,17 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from fmwiss_d2.engine.launch import argument_parser  # noqa: E402
+from fmwiss_d2.engine.launch import variants_argument_parser  # noqa: E402
 from fmwiss_d2.engine.protocol import run_zero_shot  # noqa: E402
 from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
-
-def parse_args(argv=None):
-    parser = argument_parser(__doc__)
-    parser.add_argument("--variants", default="", help="comma-separated variants; default: METHOD.NAME")
-    return parser.parse_args(argv)
-
-
 if __name__ == "__main__":
-    args = parse_args()
-    run_cli(lambda: run_zero_shot(args, [v for v in args.variants.split(",") if v]))
+    args = variants_argument_parser(__doc__).parse_args()
+    run_cli(lambda: run_zero_shot(args, args.variants))

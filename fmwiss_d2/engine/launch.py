@@ -31,6 +31,14 @@ def argument_parser(description: str | None = None):
     return parser
 
 
+def variants_argument_parser(description: str | None = None):
+    """:func:`argument_parser` plus ``--variants`` (the comparison runners: run_variants, run_zero_shot)."""
+    parser = argument_parser(description)
+    parser.add_argument("--variants", default="", type=lambda s: [v for v in s.split(",") if v],
+                        help="comma-separated variants (methods or PROTOCOL.VARIANTS names); default: METHOD.NAME")
+    return parser
+
+
 def load_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
     """The config of a run before ``configure_step``: defaults + file + command-line options."""
     cfg = get_cfg()

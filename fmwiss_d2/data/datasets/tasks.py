@@ -413,21 +413,27 @@ def register_incremental_task(name: str, spec: dict | IncrementalTask, dataset_c
     return task
 
 
-def load_task_file(path: str) -> IncrementalTask:
-    """Registers the task defined in a YAML file (``name:`` plus the keys of :func:`task_from_dict`)."""
+def read_definition_file(path: str, what: str, examples: str) -> tuple:
+    """``(name, spec)`` of a task or split YAML file: a mapping with a top-level ``name:``. Why shared: incremental
+    tasks and zero-shot splits are both data files, refused the same way when missing or malformed."""
     import yaml
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Task file '{path}' does not exist (see configs/tasks/ for examples)")
+        raise FileNotFoundError(f"{what.capitalize()} file '{path}' does not exist (see {examples} for examples)")
     with open(path) as f:
         spec = yaml.safe_load(f) or {}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise TaskDefinitionError(f"{path}: a task file needs a top-level 'name:' and the task keys")
+        raise TaskDefinitionError(f"{path}: a {what} file needs a top-level 'name:' and the {what} keys")
+    spec = dict(spec)
+    return spec.pop("name"), spec
+
+
+def load_task_file(path: str) -> IncrementalTask:
+    """Registers the task defined in a YAML file (``name:`` plus the keys of :func:`task_from_dict`)."""
+    name, spec = read_definition_file(path, "task", "configs/tasks/")
     if "unseen" in spec:
         raise TaskDefinitionError(f"{path} defines a zero-shot split (it has 'unseen:'), not an incremental task; "
                                   "give it to METHOD.PADING.SPLIT")
-    spec = dict(spec)
-    name = spec.pop("name")
     return register_incremental_task(name, spec)
 
 

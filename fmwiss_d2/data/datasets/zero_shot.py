@@ -27,7 +27,7 @@ import numpy as np
 
 from ...utils.errors import UnknownNameError
 from .panoptic_to_semantic import is_panoptic, segment_class_ids, semantic_classes, semantic_colors, semantic_records
-from .tasks import IGNORE_LABEL, TaskDefinitionError
+from .tasks import IGNORE_LABEL, TaskDefinitionError, read_definition_file
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +220,8 @@ def resolve_zero_shot_split(name_or_file: str) -> ZeroShotSplit:
     """A registered split's name, or a YAML file (``name:`` plus the keys of :func:`split_from_dict`)."""
     if not name_or_file.endswith((".yaml", ".yml")):
         return get_zero_shot_split(name_or_file)
-    import yaml
-
-    if not os.path.isfile(name_or_file):
-        raise FileNotFoundError(f"Zero-shot split file '{name_or_file}' does not exist (see configs/tasks/zero_shot/)")
-    with open(name_or_file) as f:
-        spec = yaml.safe_load(f) or {}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise TaskDefinitionError(f"{name_or_file}: a split file needs a top-level 'name:' and the split keys")
-    spec = dict(spec)
-    return register_zero_shot_split(spec.pop("name"), spec)
+    name, spec = read_definition_file(name_or_file, "split", "configs/tasks/zero_shot/")
+    return register_zero_shot_split(name, spec)
 
 
 # -------------------------------------------------------------------------------------------- built in
