@@ -56,6 +56,7 @@ class FMWISS(Method):
                  teacher: PluginTeacher | None, teacher_feature: str, teacher_warmup: float,
                  contrastive_weight: float, contrastive_temperature: float, contrastive_pixels: int,
                  old_weight: float, new_class_prior: float = 0.01, pos_weight_max: float = 0.0,
+                 pos_weight_student: bool = True,
                  memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
                  identity: Dict | None):
         """
@@ -71,6 +72,7 @@ class FMWISS(Method):
             new_class_prior: the new classes' sigmoid when a step starts (zero weights, bias = its logit).
             pos_weight_max: > 0: the teacher's and the student's BCE weigh each class's positives by its
                 batch's negative / positive mass, capped at this (:func:`balanced_positive_weight`); 0: plain BCE.
+            pos_weight_student: False: the weights apply to the teacher's BCE only.
             memory_bank: the bank filled at this step and pasted from (None: no copy-paste).
             paste_per_image / paste_scale: instances pasted per image and their size (share of the shorter side).
             identity: (task, step, classes) the bank is stamped with.
@@ -89,6 +91,7 @@ class FMWISS(Method):
         self.old_weight = old_weight
         self.new_class_prior = new_class_prior
         self.pos_weight_max = pos_weight_max
+        self.pos_weight_student = pos_weight_student
         self.memory_bank = memory_bank
         self.paste_per_image = paste_per_image
         self.paste_scale = tuple(paste_scale)
@@ -126,7 +129,7 @@ class FMWISS(Method):
             "contrastive_weight": c.CONTRASTIVE_WEIGHT, "contrastive_temperature": c.CONTRASTIVE_TEMPERATURE,
             "contrastive_pixels": c.CONTRASTIVE_PIXELS, "old_weight": c.OLD_WEIGHT,
             "new_class_prior": c.NEW_CLASS_PRIOR,
-            "pos_weight_max": c.POS_WEIGHT_MAX,
+            "pos_weight_max": c.POS_WEIGHT_MAX, "pos_weight_student": c.POS_WEIGHT_STUDENT,
             "memory_bank": bank,
             "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE, "identity": identity,
         }
@@ -280,7 +283,7 @@ class FMWISS(Method):
                                      background=model.background_logits[0])
         targets = _one_hot_where(targets, pasted)
         losses["loss_soft_labels"] = soft_bce(outputs["pred_logits"], targets, inside,
-                                              self._pos_weight(targets, inside))
+                                              self._pos_weight(targets, inside) if self.pos_weight_student else None)
         if self.memory_bank is not None:
             self._remember(x_raw, targets, pasted, inside, image_labels)
         return losses
