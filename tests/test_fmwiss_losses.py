@@ -72,3 +72,21 @@ def test_soft_labels_new_from_teacher_old_averaged_and_trained_by_bce():
     loss.backward()
     # d/dz of mean BCE = (sigmoid(z) - y) / K: channel 3 (absent new class, y = 0) is pushed down
     assert z.grad.flatten().tolist() == pytest.approx([(0.5 - 0.115) / 4, (0.5 - 0.65) / 4, (0.75 - 0.9) / 4, 0.5 / 4])
+
+
+def test_balanced_positive_weight_and_weighted_bce():
+    from fmwiss_d2.modeling.losses.fmwiss import balanced_positive_weight
+
+    # 4 pixels, class 0 positive on 1 (negative mass 3 -> w = 3), class 1 soft 0.5 everywhere (2 / 2 -> w = 1),
+    # class 2 never positive (-> the cap); the 4th pixel invalid: class 0 then has 1 positive, 2 negatives
+    t = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])[None, :, None, :]
+    assert balanced_positive_weight(t, max_weight=10.0).tolist() == pytest.approx([3.0, 1.0, 10.0])
+    assert balanced_positive_weight(t, max_weight=2.0).tolist() == pytest.approx([2.0, 1.0, 2.0])
+    valid = torch.tensor([[[True, True, True, False]]])
+    assert balanced_positive_weight(t, valid).tolist() == pytest.approx([2.0, 1.0, 10.0])
+    # weighted BCE at p = 0.75 everywhere, one class, targets [1, 0, 0, 0], w = 3: (3 BCE_1 + 3 BCE_0) / 4
+    z = torch.full((1, 1, 1, 4), L3)
+    t1 = t[:, :1]
+    want = (3 * BCE_1 + 3 * BCE_0) / 4
+    assert soft_bce(z, t1, pos_weight=torch.tensor([3.0])).item() == pytest.approx(want, abs=1e-6)
+    assert soft_bce(z, t1, pos_weight=torch.tensor([1.0])).item() == pytest.approx(soft_bce(z, t1).item(), abs=1e-7)

@@ -187,3 +187,25 @@ def test_the_teacher_starts_as_the_previous_steps_head(task, tmp_path):
         old = method.old_model.forward_outputs(images)["pred_logits"]
         t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
     assert torch.allclose(t[:, :7], old, atol=1e-4)  # the old classes' logits, as the previous step had them
+
+
+def test_a_fresh_step_predicts_what_the_old_model_did(task, tmp_path):
+    """The new classes start at zero weights and the prior's logit: before any weak-step iteration the student's
+    argmax over all classes is the old model's, and the teacher's and student's new classes answer the prior."""
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune"))
+    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_CLASS_PRIOR", "0.02")
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)
+    method = trainer._trainer.model.eval()
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 64, 64) * 255
+    with torch.no_grad():
+        images = (x - method.model.pixel_mean) / method.model.pixel_std
+        old = method.old_model.forward_outputs(images)["pred_logits"]
+        new = method.model.forward_outputs(images)["pred_logits"]
+        t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
+    assert torch.equal(new.argmax(1), old.argmax(1))
+    assert torch.allclose(new[:, 7:].sigmoid(), torch.full_like(new[:, 7:], 0.02), atol=1e-6)
+    assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)

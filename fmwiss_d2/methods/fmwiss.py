@@ -17,6 +17,7 @@ docs/fmwiss.md, "Teacher, copy-paste and objective".
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Dict, List
 
@@ -27,7 +28,9 @@ from detectron2.config import configurable
 
 from ..data.memory_bank import MemoryBank, bank_from_ground_truth, bank_path_beside, paste_instances
 from ..modeling.heads.teacher import PluginTeacher
-from ..modeling.losses.fmwiss import combine_pseudo_masks, pixel_contrastive, soft_bce, soft_label_targets
+from ..modeling.losses.fmwiss import (
+    balanced_positive_weight, combine_pseudo_masks, pixel_contrastive, soft_bce, soft_label_targets,
+)
 from ..pseudo_labels import PseudoLabelContext, build_pseudo_label_source
 from .base import METHOD_REGISTRY, Method, MethodConfigError, cosine_schedule
 
@@ -52,7 +55,9 @@ class FMWISS(Method):
     def __init__(self, model, *, task=None, step: int = 0, max_iter: int = 0, source: str,
                  teacher: PluginTeacher | None, teacher_feature: str, teacher_warmup: float,
                  contrastive_weight: float, contrastive_temperature: float, contrastive_pixels: int,
-                 old_weight: float, memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
+                 old_weight: float, new_class_prior: float = 0.01, pos_weight_max: float = 0.0,
+                 pos_weight_student: bool = True,
+                 memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
                  identity: Dict | None):
         """
         Args:
@@ -64,6 +69,10 @@ class FMWISS(Method):
                 from the pseudo masks to the teacher's outputs.
             contrastive_weight / contrastive_temperature / contrastive_pixels: the teacher's dense InfoNCE.
             old_weight: old classes' soft labels = old_weight * old model + (1 - old_weight) * teacher.
+            new_class_prior: the new classes' sigmoid when a step starts (zero weights, bias = its logit).
+            pos_weight_max: > 0: the teacher's and the student's BCE weigh each class's positives by its
+                batch's negative / positive mass, capped at this (:func:`balanced_positive_weight`); 0: plain BCE.
+            pos_weight_student: False: the weights apply to the teacher's BCE only.
             memory_bank: the bank filled at this step and pasted from (None: no copy-paste).
             paste_per_image / paste_scale: instances pasted per image and their size (share of the shorter side).
             identity: (task, step, classes) the bank is stamped with.
@@ -80,6 +89,9 @@ class FMWISS(Method):
         self.contrastive_temperature = contrastive_temperature
         self.contrastive_pixels = contrastive_pixels
         self.old_weight = old_weight
+        self.new_class_prior = new_class_prior
+        self.pos_weight_max = pos_weight_max
+        self.pos_weight_student = pos_weight_student
         self.memory_bank = memory_bank
         self.paste_per_image = paste_per_image
         self.paste_scale = tuple(paste_scale)
@@ -91,6 +103,11 @@ class FMWISS(Method):
         c = cfg.METHOD.FMWISS
         if not 0.0 <= c.OLD_WEIGHT <= 1.0:
             raise MethodConfigError(f"METHOD.FMWISS.OLD_WEIGHT must be in [0, 1], not {c.OLD_WEIGHT}")
+        if not 0.0 < c.NEW_CLASS_PRIOR < 1.0:
+            raise MethodConfigError(f"METHOD.FMWISS.NEW_CLASS_PRIOR must be in (0, 1), not {c.NEW_CLASS_PRIOR}")
+        if c.POS_WEIGHT_MAX != 0 and c.POS_WEIGHT_MAX < 1:
+            raise MethodConfigError(f"METHOD.FMWISS.POS_WEIGHT_MAX must be 0 (plain BCE) or >= 1, "
+                                    f"not {c.POS_WEIGHT_MAX}")
         shapes = model.backbone.output_shape()
         feature = cfg.MODEL.DEEPLAB.IN_FEATURE if cfg.MODEL.DEEPLAB.IN_FEATURE in shapes else \
             max(shapes, key=lambda n: shapes[n].stride)
@@ -110,21 +127,38 @@ class FMWISS(Method):
             "source": c.SOURCE,
             "teacher": teacher, "teacher_feature": feature, "teacher_warmup": c.TEACHER_WARMUP,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT, "contrastive_temperature": c.CONTRASTIVE_TEMPERATURE,
-            "contrastive_pixels": c.CONTRASTIVE_PIXELS, "old_weight": c.OLD_WEIGHT, "memory_bank": bank,
+            "contrastive_pixels": c.CONTRASTIVE_PIXELS, "old_weight": c.OLD_WEIGHT,
+            "new_class_prior": c.NEW_CLASS_PRIOR,
+            "pos_weight_max": c.POS_WEIGHT_MAX, "pos_weight_student": c.POS_WEIGHT_STUDENT,
+            "memory_bank": bank,
             "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE, "identity": identity,
         }
 
     def start_step(self) -> None:
-        """The teacher starts as the previous step's head (its ASPP and old-class classifier; new classes at
-        random) when the model is a DeepLabV3 whose ASPP reads the teacher's feature: a teacher from scratch
+        """The new classes' outputs (the student's and the teacher's) start at zero weights and the logit of
+        ``NEW_CLASS_PRIOR``: with random rows their logits (of the order of the old ones) win the argmax on many
+        old-class pixels before any training, and under BCE most of their first gradient only pushes them down
+        (RetinaNet's prior initialisation). The teacher starts as the previous step's head (its ASPP and old-class
+        classifier) when the model is a DeepLabV3 whose ASPP reads the teacher's feature: a teacher from scratch
         answers "background" everywhere for its first hundreds of iterations, and the soft labels would teach
-        the student that (this project's choice; docs/fmwiss.md)."""
+        the student that (this project's choices; docs/fmwiss.md)."""
+        bias = math.log(self.new_class_prior / (1 - self.new_class_prior))
+        classifier = self.model.classifier
+        with torch.no_grad():
+            for c in self.new_ids:
+                layer, row = classifier.logit_layer(c)
+                layer.weight[row] = 0.0
+                layer.bias[row] = bias
         aspp = getattr(self.model, "aspp", None)
-        if self.teacher is None or aspp is None or getattr(self.model, "in_feature", None) != self.teacher_feature:
+        if self.teacher is None:
             return
         with torch.no_grad():
+            self.teacher.classifier.weight[self.new_ids] = 0.0
+            self.teacher.classifier.bias[self.new_ids] = bias
+            if aspp is None or getattr(self.model, "in_feature", None) != self.teacher_feature:
+                return
             self.teacher.aspp.load_state_dict(aspp.state_dict())
-            old = self.model.classifier.cls[: self.step]
+            old = classifier.cls[: self.step]
             weight = torch.cat([layer.weight for layer in old])
             self.teacher.classifier.weight[: len(weight)] = weight[..., None, None]
             self.teacher.classifier.bias[: len(weight)] = torch.cat([layer.bias for layer in old])
@@ -236,7 +270,7 @@ class FMWISS(Method):
         refined = masks
         if self.teacher is not None:
             t = self.teacher(model.features(x)[self.teacher_feature], (h, w))
-            losses["loss_teacher_bce"] = soft_bce(t["logits"], masks, valid)
+            losses["loss_teacher_bce"] = soft_bce(t["logits"], masks, valid, self._pos_weight(masks, valid))
             if self.contrastive_weight > 0:
                 hard = torch.where(valid, masks.argmax(1), torch.full_like(pasted, -1))
                 small = F.interpolate(hard[:, None].float(), size=t["embeddings"].shape[-2:], mode="nearest")[:, 0]
@@ -248,10 +282,14 @@ class FMWISS(Method):
         targets = soft_label_targets(refined, old_probs, self.new_ids, labelled, self.old_weight,
                                      background=model.background_logits[0])
         targets = _one_hot_where(targets, pasted)
-        losses["loss_soft_labels"] = soft_bce(outputs["pred_logits"], targets, inside)
+        losses["loss_soft_labels"] = soft_bce(outputs["pred_logits"], targets, inside,
+                                              self._pos_weight(targets, inside) if self.pos_weight_student else None)
         if self.memory_bank is not None:
             self._remember(x_raw, targets, pasted, inside, image_labels)
         return losses
+
+    def _pos_weight(self, targets, valid):
+        return balanced_positive_weight(targets, valid, self.pos_weight_max) if self.pos_weight_max > 0 else None
 
     @torch.no_grad()
     def _remember(self, images, targets, pasted, inside, image_labels) -> None:

@@ -5,7 +5,8 @@ At a weak step the new classes have image-level labels only; pseudo masks (a pse
 plug-in teacher, whose outputs, with the old model's for the old classes, become the student's soft labels:
 
 * :func:`soft_bce` -- pixel-wise binary cross-entropy against soft masks, over valid pixels (the teacher's loss
-  against the pseudo masks, and the student's against the soft labels: FMWISS distils by BCE);
+  against the pseudo masks, and the student's against the soft labels: FMWISS distils by BCE), optionally with
+  per-class positive weights (:func:`balanced_positive_weight`);
 * :func:`pixel_contrastive` -- dense InfoNCE over pixel embeddings, positives = pixels of the same pseudo class;
 * :func:`combine_pseudo_masks` -- the teacher's targets: the source's new-class masks, the rest of each pixel's
   mass spread over the old classes as the old model says;
@@ -27,21 +28,48 @@ def _ids(ids: Sequence[int], device) -> torch.Tensor:
     return torch.as_tensor(list(ids), dtype=torch.long, device=device)
 
 
-def soft_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def soft_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None,
+             pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise BCE against soft masks, averaged over the K channels and the valid pixels:
 
-        loss = 1 / (K * |V|) * sum_{(n,x) in V} sum_k [-t_nkx log s(z_nkx) - (1 - t_nkx) log(1 - s(z_nkx))]
+        loss = 1 / (K * |V|) * sum_{(n,x) in V} sum_k [-w_k t_nkx log s(z_nkx) - (1 - t_nkx) log(1 - s(z_nkx))]
 
     ``logits`` z and ``targets`` t are (N, K, H, W), s = sigmoid, ``valid`` (N, H, W) bool marks V (all pixels
-    when None). Why sigmoid per class: soft labels of several classes at one pixel need not sum to 1.
-    Returns 0 (with a gradient) when no pixel is valid."""
-    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(1)
+    when None), ``pos_weight`` w (K,) weighs each class's positive term (1 when None; see
+    :func:`balanced_positive_weight`). Why sigmoid per class: soft labels of several classes at one pixel need not
+    sum to 1. Returns 0 (with a gradient) when no pixel is valid."""
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(logits.device, torch.float32)[:, None, None]
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none",
+                                             pos_weight=pos_weight).mean(1)
     if valid is None:
         return bce.mean()
     valid = valid.to(bce.device)
     if not valid.any():
         return logits.sum() * 0.0
     return bce[valid].mean()
+
+
+def balanced_positive_weight(targets: torch.Tensor, valid: torch.Tensor | None = None, max_weight: float = 10.0
+                             ) -> torch.Tensor:
+    """Per-class positive weights (K,) that balance a class's positive and negative mass over the valid pixels:
+
+        w_k = clamp( sum_V (1 - t_k) / sum_V t_k , 1, max_weight )      (max_weight when sum_V t_k = 0)
+
+    Why: under BCE a class covering a few percent of the pixels (an object class; the new classes above all)
+    gets almost all of its gradient from its negatives, so its sigmoid stays low where it is present and the
+    background wins the argmax there; the weight makes the positives count as much as the negatives, the cap
+    keeps a class seen on a few pixels from exploding. Not differentiated."""
+    t = targets.detach().float()
+    if valid is not None:
+        t = t * valid.to(t.device)[:, None].float()
+        n = valid.to(t.device).sum().float()
+    else:
+        n = torch.tensor(float(t[:, 0].numel()), device=t.device)
+    pos = t.sum((0, 2, 3))
+    neg = n - pos
+    w = torch.where(pos > 0, neg / pos.clamp_min(1e-12), torch.full_like(pos, max_weight))
+    return w.clamp(1.0, max_weight)
 
 
 def pixel_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
