@@ -1,4 +1,4 @@
-"""The example of "Write your own method" (README): a method that owns a trainable head and a frozen module.
+"""The example of "Write your own method" (docs/methods.md): a method that owns a trainable head and a frozen module.
 
 It adds an image-level classification loss to the model's own losses: the backbone's last feature map goes
 through a frozen random 1x1 projection (standing in for a frozen foundation model), is average-pooled, and a
