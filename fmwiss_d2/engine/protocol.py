@@ -84,6 +84,11 @@ def run_stages(stages: Sequence[Stage]) -> List[str]:
     return status
 
 
+def stage_key(args, opts: Sequence[str]) -> dict:
+    """What a protocol stage runs: the config file and every option it adds (a change reruns the stage)."""
+    return {"config": os.path.abspath(args.config_file), "opts": list(args.opts) + list(opts)}
+
+
 # ------------------------------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class Variant:
@@ -181,7 +186,7 @@ def incremental_stages(args, cfg, variants: Sequence[str], train: Callable) -> L
                 shared[folder] = Stage(f"{variant}/step{k}" if out != root else f"step{k}", folder,
                                        run=lambda o=opts, f=folder: train(args, o, f),
                                        outputs=["model_final.pth"] + [os.path.relpath(r, folder) for r in results.values()],
-                                       key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts})
+                                       key=stage_key(args, opts))
             plan.append((variant, k, shared[folder], results))
     return plan
 
@@ -269,7 +274,7 @@ def run_variants(args, names: Sequence[str], train: Callable = train_step) -> di
     ``PROTOCOL.METRICS`` columns, printed and written to ``OUTPUT_DIR/summary.{json,csv}``. For runs without an
     incremental task (DuPL's ablations, a supervised reference); tasks go through :func:`run_incremental`."""
     from .launch import load_config
-    from .trainer import results_file
+    from .trainer import RESULTS_FILE
 
     cfg = load_config(args.config_file, args.opts)
     if cfg.INCREMENTAL.TASK:
@@ -287,8 +292,7 @@ def run_variants(args, names: Sequence[str], train: Callable = train_step) -> di
         folder = os.path.join(cfg.OUTPUT_DIR, v.name)
         opts = ["METHOD.NAME", v.method, *v.opts, "OUTPUT_DIR", folder]
         stages.append(Stage(v.name, folder, run=lambda o=opts, f=folder: train(args, o, f),
-                            outputs=["model_final.pth", os.path.relpath(results_file(folder), folder)],
-                            key={"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts}))
+                            outputs=["model_final.pth", RESULTS_FILE], key=stage_key(args, opts)))
     with OutputDirLock(cfg.OUTPUT_DIR):
         run_stages(stages)
     return write_comparison(cfg, args.config_file, [(v.name, stage.folder) for v, stage in zip(variants, stages)])
@@ -325,14 +329,15 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
     ``OUTPUT_DIR/stage1``, shared by every variant (a variant's own overrides apply from the generator stage on);
     then per variant ``OUTPUT_DIR/<variant>/generator`` (no evaluation: the class head is stage 1's) and
     ``.../classifier``, evaluated. A variant that sets ``METHOD.PADING.STAGE seen`` is stage 1 alone."""
-    key = lambda opts: {"config": os.path.abspath(args.config_file), "opts": list(args.opts) + opts}  # noqa: E731
+    from .trainer import RESULTS_FILE
+
     c = cfg.METHOD.PADING
     later = (["SOLVER.MAX_ITER", str(c.STAGE_MAX_ITER)] if c.STAGE_MAX_ITER > 0 else []) + \
         (["SOLVER.BASE_LR", str(c.STAGE_BASE_LR)] if c.STAGE_BASE_LR > 0 else [])
     first = os.path.join(cfg.OUTPUT_DIR, "stage1")
     opts1 = ["METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "seen", "OUTPUT_DIR", first]
-    stage1 = Stage("stage1", first, run=lambda: train(args, opts1, first), key=key(opts1),
-                   outputs=["model_final.pth", os.path.join("inference", "results.json")])
+    stage1 = Stage("stage1", first, run=lambda: train(args, opts1, first), key=stage_key(args, opts1),
+                   outputs=["model_final.pth", RESULTS_FILE])
     weights1 = os.path.join(first, "model_final.pth")
     plan = []
     for name in variants:
@@ -351,10 +356,10 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
                   weights_g, "METHOD.PADING.GENERATOR_WEIGHTS", weights_g, "OUTPUT_DIR", clf]
         plan.append((name, [stage1,
                             Stage(f"{name}/generator", gen, run=lambda o=opts_g, f=gen: train(args, o, f),
-                                  outputs=["model_final.pth"], key=key(opts_g)),
+                                  outputs=["model_final.pth"], key=stage_key(args, opts_g)),
                             Stage(f"{name}/classifier", clf, run=lambda o=opts_c, f=clf: train(args, o, f),
-                                  outputs=["model_final.pth", os.path.join("inference", "results.json")],
-                                  key=key(opts_c))], clf))
+                                  outputs=["model_final.pth", RESULTS_FILE],
+                                  key=stage_key(args, opts_c))], clf))
     return plan
 
 

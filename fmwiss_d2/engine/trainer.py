@@ -27,7 +27,7 @@ from .incremental import (
 from .hooks import IterationSeedHook
 from .solver import build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "results_file"]
+__all__ = ["Trainer", "RESULTS_FILE", "results_file"]
 
 
 def unwrap(module):
@@ -159,9 +159,12 @@ class Trainer(DefaultTrainer):
         return results
 
 
+RESULTS_FILE = os.path.join("inference", "results.json")  # relative to a run's OUTPUT_DIR
+
+
 def results_file(output_dir: str) -> str:
     """``{dataset: {task: {metric: value}}}`` of the last evaluation of the run in ``output_dir``."""
-    return os.path.join(output_dir, "inference", "results.json")
+    return os.path.join(output_dir, RESULTS_FILE)
 
 
 def default_device_check(cfg):
