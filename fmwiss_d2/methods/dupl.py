@@ -35,6 +35,7 @@ from ..modeling.losses.dupl import (
     random_affine, warp, warp_labels,
 )
 from ..modeling.losses.gmm import gmm_noise_filter
+from ..pseudo_labels.sources import labelled_classes
 from .base import METHOD_REGISTRY, Method, MethodConfigError, cosine_schedule
 
 __all__ = ["DuPL", "high_thresholds", "image_high_thresholds"]
@@ -156,13 +157,11 @@ class DuPL(Method):
 
     def image_label_matrix(self, batched_inputs: List[Dict]) -> torch.Tensor:
         """(N, K-1) 0/1 over the foreground classes (model ids 1..K-1) from each record's ``image_labels``."""
-        y = torch.zeros(len(batched_inputs), self.num_classes, device=self.model.device)
-        for b, x in enumerate(batched_inputs):
-            if "image_labels" not in x:
-                raise MethodConfigError("DuPL trains from image-level labels, but a training input has no "
-                                        "'image_labels': set INPUT.SUPERVISION image")
-            y[b, torch.as_tensor(x["image_labels"], dtype=torch.long, device=y.device)] = 1.0
-        return y[:, 1:]
+        if any("image_labels" not in x for x in batched_inputs):
+            raise MethodConfigError("DuPL trains from image-level labels, but a training input has no "
+                                    "'image_labels': set INPUT.SUPERVISION image")
+        labels = [torch.as_tensor(x["image_labels"], dtype=torch.long) for x in batched_inputs]
+        return labelled_classes(labels, self.num_classes, device=self.model.device).float()[:, 1:]
 
     def cams(self, i: int, outputs: Dict) -> torch.Tensor:
         """Student i's raw CAM logits (N, K-1, h, w) over its backbone feature."""

@@ -8,7 +8,7 @@ import torch
 
 from ..utils.errors import UserError
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
-from .sources import _labelled_mask
+from .sources import labelled_classes
 
 
 @PSEUDO_LABEL_SOURCE_REGISTRY.register()
@@ -74,6 +74,6 @@ class DuPL(PseudoLabelSource):
         if p.shape[1] != k:
             raise UserError(f"the DuPL checkpoint {self.checkpoint!r} predicts {p.shape[1]} classes, but this run has "
                             f"{k}; use a DuPL trained on the same classes")
-        p = p * _labelled_mask(image_labels, k, context.background, p.device)[:, :, None, None]
+        p = p * labelled_classes(image_labels, k, context.background, p.device)[:, :, None, None]
         p = p / p.sum(1, keepdim=True).clamp_min(1e-6)
         return PseudoLabels(p, p.max(1).values >= self.threshold)

@@ -28,7 +28,8 @@ from detectron2.config import configurable
 
 from ..utils.errors import UserError
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
-from .sources import scores_from_class_maps
+from ..modeling.losses.dupl import multilabel_classification_loss
+from .sources import labelled_classes, scores_from_class_maps
 
 __all__ = ["Localizer", "multilabel_bce", "cam_maps"]
 
@@ -40,8 +41,7 @@ def multilabel_bce(pooled_logits: torch.Tensor, targets: torch.Tensor, mask: tor
     = ``pooled_logits`` (N, K), ``y`` = ``targets`` (N, K) in {0, 1}, ``M`` = the classes where ``mask`` (K,)
     is True (classes no image is labelled with carry no evidence either way).
     """
-    per = F.binary_cross_entropy_with_logits(pooled_logits, targets.float(), reduction="none")
-    return per[:, mask].mean()
+    return multilabel_classification_loss(pooled_logits[:, mask], targets[:, mask].float())
 
 
 def cam_maps(logit_maps: torch.Tensor, size) -> torch.Tensor:
@@ -101,9 +101,8 @@ class Localizer(PseudoLabelSource):
         old = self._old_model(context)
         read = self.read_image or (lambda fn: utils.read_image(fn, format="RGB"))
         k = len(context.class_names)
-        targets = torch.zeros(len(records), k)
-        for i, r in enumerate(records):
-            targets[i, torch.as_tensor(r.get("image_labels", []), dtype=torch.long)] = 1.0
+        targets = labelled_classes([torch.as_tensor(r.get("image_labels", []), dtype=torch.long) for r in records],
+                                   k).float()
         mask = targets.sum(0) > 0
         if not mask.any():
             raise UserError("the Localizer learns from image-level labels, but none of the records has any "

@@ -9,8 +9,10 @@ from torch.nn import functional as F
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
 
 
-def _labelled_mask(image_labels: List[torch.Tensor], num_classes: int, background, device) -> torch.Tensor:
-    """(N, K) bool: the classes each image is labelled with, plus the background."""
+def labelled_classes(image_labels: List[torch.Tensor], num_classes: int, background=None, device=None) -> torch.Tensor:
+    """(N, K) bool: the classes each image is labelled with, plus the background (when not None). The one place
+    where per-image label lists become a class mask (sources restrict their maps with it; image classifiers
+    take it, as floats, for their multi-label targets)."""
     allowed = torch.zeros(len(image_labels), num_classes, dtype=torch.bool, device=device)
     for b, labels in enumerate(image_labels):
         allowed[b, labels.to(device).long()] = True
