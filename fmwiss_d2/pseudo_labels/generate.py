@@ -45,6 +45,16 @@ class PseudoLabelData:
     background: Optional[int]
     lut: Optional[np.ndarray]
 
+    @property
+    def has_masks(self) -> bool:
+        return self.lut is not None and bool(self.records) and "sem_seg_file_name" in self.records[0]
+
+    def mask(self, index: int) -> np.ndarray:
+        """Record ``index``'s ground truth in model ids (measurement and pictures only; no source reads it)."""
+        from PIL import Image
+
+        return self.lut[np.asarray(Image.open(self.records[index]["sem_seg_file_name"]))]
+
 
 def load_step_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
     """The tools' config: defaults + file + overrides, the task step resolved as for training (its previous
@@ -132,15 +142,12 @@ def measure(cache: PseudoLabelCache, data: PseudoLabelData, indices: Optional[Li
     Classes measured: those in any record's image labels (``mIoU_labelled``) and the background (``mIoU`` =
     their mean with it); ``coverage``: share of measured pixels that have a pseudo label.
     """
-    from PIL import Image
-
     if data.lut is None:
         raise UserError(f"dataset {data.name!r} has no masks to measure pseudo labels against")
     k = len(data.class_names)
     conf = np.zeros((k, k + 1), np.int64)
     for i in tqdm(indices if indices is not None else range(len(data.records)), desc="measuring", disable=None):
-        gt = data.lut[np.asarray(Image.open(data.records[i]["sem_seg_file_name"]))]
-        conf += confusion_matrix(cache.load(i).hard()[0].numpy(), gt, k)
+        conf += confusion_matrix(cache.load(i).hard()[0].numpy(), data.mask(i), k)
     labelled = sorted({int(c) for r in data.records for c in r.get("image_labels", [])})
     tp = np.diag(conf[:, :k]).astype(float)
     iou = 100 * tp / np.maximum(conf.sum(1) + conf[:, :k].sum(0) - tp, 1)
@@ -170,7 +177,7 @@ def generate_pseudo_labels(cfg, source_name: str, split: str = "train", *, batch
                                device=cfg.MODEL.DEVICE)
     result = {"source": source_name, "dataset": data.name, "split": split, **timing,
               "settings": source.cache_key()}
-    if measure_labels and data.lut is not None and data.records and "sem_seg_file_name" in data.records[0]:
+    if measure_labels and data.has_masks:
         result["metrics"] = measure(cache, data)
     if output:
         atomic_write_json(output, result, indent=2)
@@ -186,7 +193,6 @@ def visualize_sources(cfg, source_names: List[str], split: str, path: str, *, nu
     and a localizer learns from every record)."""
     from detectron2.data import MetadataCatalog
     from detectron2.data import detection_utils as utils
-    from PIL import Image
 
     from .visualize import label_grid, label_palette, save_png
 
@@ -200,8 +206,8 @@ def visualize_sources(cfg, source_names: List[str], split: str, path: str, *, nu
         cache, _ = run_source(source, data, context, cache_root=cache_root, batch_size=batch_size,
                               device=cfg.MODEL.DEVICE)
         columns.append((name, [cache.load(i).hard()[0].numpy() for i in idx]))
-    if data.lut is not None and records and "sem_seg_file_name" in records[0]:
-        columns.append(("ground truth", [data.lut[np.asarray(Image.open(r["sem_seg_file_name"]))] for r in records]))
+    if data.has_masks:
+        columns.append(("ground truth", [data.mask(i) for i in idx]))
     colors = MetadataCatalog.get(data.name).get("stuff_colors", []) if data.name in MetadataCatalog.list() else []
     palette = label_palette(len(data.class_names), colors)
     images = [utils.read_image(r["file_name"], format="RGB") for r in records]
