@@ -494,3 +494,48 @@ def test_registered_voc_evaluates_perfect_prediction(tmp_path, catalog_names):
     result = evaluator.evaluate()["sem_seg"]
     assert result["mIoU"] == pytest.approx(100.0)
     assert result["IoU-person"] == pytest.approx(100.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# COCO-Stuff 164k (171 classes), the base of PADing's zero-shot semantic split
+# ----------------------------------------------------------------------------------------------
+# raw stuffthingmaps pixel = COCO id - 1: person (id 1) -> 0, toothbrush (id 90) -> 79, id 12 (never annotated) -> 255,
+# banner (id 92, the first stuff) -> 80, tree (id 169) -> 157, wood (id 182) -> 170, unlabeled 255 -> 255
+RAW_STUFF = np.array([[0, 89, 11], [91, 168, 181], [255, 255, 0]], dtype=np.uint8)
+EXPECTED_STUFF = np.array([[0, 79, 255], [80, 157, 170], [255, 255, 0]], dtype=np.uint8)
+
+
+def test_coco_stuff_prepare_load_and_names(tmp_path):
+    stem = "000000000139"
+    _jpeg(tmp_path / "coco" / "val2017" / f"{stem}.jpg", 3, 3)
+    with pytest.raises(FileNotFoundError, match="prepare_coco_stuff_semantic.py"):
+        coco.load_coco_stuff_sem_seg(str(tmp_path), "val")  # masks not prepared: names the prepare script
+    prepare = _load_script("prepare_coco_stuff_semantic")
+    with pytest.raises(FileNotFoundError, match="stuffthingmaps_trainval2017"):
+        prepare.convert_split(str(tmp_path), "val", workers=0)
+    raw_dir = tmp_path / "coco" / "stuffthingmaps_trainval2017" / "val2017"
+    _gray_png(raw_dir / f"{stem}.png", RAW_STUFF)
+    prepare.main(["--root", str(tmp_path), "--splits", "val", "--workers", "0"])
+    out = tmp_path / "coco" / "stuffthingmaps_detectron2" / "val2017" / f"{stem}.png"
+    np.testing.assert_array_equal(_read_mask(str(out)), EXPECTED_STUFF)
+    assert prepare.convert_split(str(tmp_path), "val", workers=0) == (0, 1)  # resumes: present masks skipped
+    records = coco.load_coco_stuff_sem_seg(str(tmp_path), "val")
+    assert [(r["file_name"], r["sem_seg_file_name"], r["image_id"]) for r in records] == [
+        (str(tmp_path / "coco" / "val2017" / f"{stem}.jpg"), str(out), 139)]
+
+    meta = coco.coco_stuff_sem_seg_metadata()
+    names = meta["stuff_classes"]
+    assert len(names) == 171 == len(set(names)) == len(meta["stuff_colors"])
+    assert (names[0], names[79], names[80], names[157], names[170]) == ("person", "toothbrush", "banner", "tree", "wood")
+
+
+def test_coco_zero_shot_semantic_split_is_padings():
+    """PADing's 15 unseen COCO-Stuff classes (its seen-first ids 156-170), on the registered 171-class base."""
+    from fmwiss_d2.data.datasets.zero_shot import get_zero_shot_split
+
+    split = get_zero_shot_split("coco_zs_stuff")
+    assert list(split.unseen) == ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard",
+                            "clouds", "grass", "playingfield", "river", "road", "tree", "wall-concrete"]
+    assert len(split.seen_ids) == 156 and len(split.inference_ids) == 171
+    assert {"coco_zs_stuff_train", "coco_zs_stuff_val"} <= set(DatasetCatalog.list())
+    assert MetadataCatalog.get("coco_zs_stuff_val").evaluator_type == "zero_shot_sem_seg"

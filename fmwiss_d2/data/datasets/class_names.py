@@ -12,6 +12,9 @@ __all__ = [
     "COCO_THING_CLASSES",
     "COCO_THING_IDS",
     "COCO_THINGS_SEM_SEG_CLASSES",
+    "COCO_STUFF_ONLY_CLASSES",
+    "COCO_STUFF_171_CLASSES",
+    "COCO_STUFF_171_IDS",
     "VOC_TO_COCO",
     "voc_palette",
 ]
@@ -89,6 +92,25 @@ COCO_THING_IDS: Tuple[int, ...] = tuple(
 )
 # Mask values of the ``coco_2017_things_sem_seg_*`` datasets (see datasets/prepare_coco_things_semantic.py).
 COCO_THINGS_SEM_SEG_CLASSES: Tuple[str, ...] = ("background",) + COCO_THING_CLASSES
+
+# COCO-Stuff's 91 stuff categories (ids 92..182), in id order, with COCO-Stuff's own names.
+COCO_STUFF_ONLY_CLASSES: Tuple[str, ...] = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard", "carpet",
+    "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk-stuff",
+    "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood",
+    "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill", "house",
+    "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper",
+    "pavement", "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
+    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree",
+    "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood",
+    "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)
+COCO_STUFF_ONLY_IDS: Tuple[int, ...] = tuple(range(92, 183))
+# Mask values 0..170 of the ``coco_2017_*_stuff_sem_seg`` datasets (COCO-Stuff 164k, 171 classes: the 80 things
+# then the 91 stuff, each in COCO id order; see datasets/prepare_coco_stuff_semantic.py).
+COCO_STUFF_171_CLASSES: Tuple[str, ...] = COCO_THING_CLASSES + COCO_STUFF_ONLY_CLASSES
+COCO_STUFF_171_IDS: Tuple[int, ...] = COCO_THING_IDS + COCO_STUFF_ONLY_IDS
 
 # Each of the 20 VOC object classes and its COCO thing class (COCO-to-VOC protocol of WILSON/FMWISS).
 VOC_TO_COCO: Dict[str, str] = {

@@ -9,8 +9,15 @@ This module adds
 
 whose masks are written by ``datasets/prepare_coco_things_semantic.py`` from the panoptic annotations
 with :func:`panoptic_to_things_sem_seg`: the 80 thing classes -> 1..80 (COCO_THING_CLASSES order),
-every stuff class -> 0 (background), unlabeled pixels (panoptic id 0) -> 255 (ignore).
-See ``datasets/README.md``, section "COCO".
+every stuff class -> 0 (background), unlabeled pixels (panoptic id 0) -> 255 (ignore); and COCO-Stuff 164k,
+the 171-class semantic view PADing's zero-shot semantic split is defined on (the names Mask2Former uses):
+
+    coco_2017_train_stuff_sem_seg    118,287 images   train2017/   stuffthingmaps_detectron2/train2017/
+    coco_2017_test_stuff_sem_seg       5,000 images   val2017/     stuffthingmaps_detectron2/val2017/
+
+whose masks ``datasets/prepare_coco_stuff_semantic.py`` writes from COCO-Stuff's ``stuffthingmaps_trainval2017``
+(pixel = COCO id - 1) with :func:`coco_stuff_lut`: the 171 classes -> 0..170 (COCO_STUFF_171_CLASSES order),
+unlabeled -> 255. See ``datasets/README.md``, section "COCO".
 """
 import functools
 import logging
@@ -19,7 +26,8 @@ from typing import Dict, Iterable, List, Mapping
 
 import numpy as np
 
-from .class_names import COCO_THING_CLASSES, COCO_THING_IDS, COCO_THINGS_SEM_SEG_CLASSES
+from .class_names import (COCO_STUFF_171_CLASSES, COCO_STUFF_171_IDS, COCO_THING_CLASSES, COCO_THING_IDS,
+                          COCO_THINGS_SEM_SEG_CLASSES)
 from .voc import dataset_not_found, sem_seg_records
 
 __all__ = [
@@ -31,6 +39,11 @@ __all__ = [
     "things_category_to_label",
     "rgb_to_panoptic_id",
     "panoptic_to_things_sem_seg",
+    "COCO_STUFF_SEM_SEG_SPLITS",
+    "coco_stuff_lut",
+    "stuff_sem_seg_dir",
+    "load_coco_stuff_sem_seg",
+    "coco_stuff_sem_seg_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +54,27 @@ COCO_THINGS_SEM_SEG_SPLITS: Dict[str, str] = {
     "coco_2017_things_sem_seg_train": "train",
     "coco_2017_things_sem_seg_val": "val",
 }
+
+
+# detectron2-style names (Mask2Former's): "test" is COCO's val2017, as in its COCO-Stuff registration
+COCO_STUFF_SEM_SEG_SPLITS: Dict[str, str] = {
+    "coco_2017_train_stuff_sem_seg": "train",
+    "coco_2017_test_stuff_sem_seg": "val",
+}
+
+
+def stuff_sem_seg_dir(root: str, split: str) -> str:
+    """Where the COCO-Stuff masks of ``split`` live: ``root/coco/stuffthingmaps_detectron2/<split>2017``."""
+    return os.path.join(root, "coco", "stuffthingmaps_detectron2", f"{split}2017")
+
+
+def coco_stuff_lut() -> np.ndarray:
+    """256-entry lookup table from a ``stuffthingmaps`` pixel (COCO category id - 1; 255 unlabeled) to its
+    COCO-Stuff-171 label (0..170); the 11 ids COCO never annotated, and 255, map to 255 (ignore)."""
+    lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
+    for label, cat_id in enumerate(COCO_STUFF_171_IDS):
+        lut[cat_id - 1] = label
+    return lut
 
 
 def things_sem_seg_dir(root: str, split: str) -> str:
@@ -150,10 +184,49 @@ def coco_things_sem_seg_metadata() -> dict:
     }
 
 
+def load_coco_stuff_sem_seg(root: str, split: str = "train") -> List[dict]:
+    """Dataset dicts of COCO-Stuff 164k (171 classes; ``split`` "train" or "val"): each mask of
+    :func:`stuff_sem_seg_dir` paired with ``root/coco/<split>2017/<stem>.jpg``."""
+    image_dir = os.path.join(root, "coco", f"{split}2017")
+    mask_dir = stuff_sem_seg_dir(root, split)
+    if not os.path.isdir(image_dir):
+        raise dataset_not_found(image_dir, COCO_SECTION)
+    if not os.path.isdir(mask_dir):
+        raise dataset_not_found(
+            mask_dir, COCO_SECTION, hint="Create it with datasets/prepare_coco_stuff_semantic.py."
+        )
+    ids = sorted(os.path.splitext(f)[0] for f in os.listdir(mask_dir) if f.endswith(".png"))
+    records = sem_seg_records(image_dir, mask_dir, ids, section=COCO_SECTION, image_id=_coco_image_id)
+    logger.info("Loaded %d images of COCO-Stuff '%s' from %s", len(records), split, mask_dir)
+    return records
+
+
+def coco_stuff_sem_seg_metadata() -> dict:
+    """171 classes (no background class: every pixel of COCO-Stuff is a thing or a stuff), ignore 255;
+    detectron2's colours for the things, a fixed pseudo-random palette for the stuff."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    color = {c["id"]: list(c["color"]) for c in COCO_CATEGORIES if c["isthing"]}
+    rng = np.random.RandomState(171)
+    stuff_colors = rng.randint(0, 256, size=(len(COCO_STUFF_171_CLASSES) - len(COCO_THING_IDS), 3)).tolist()
+    return {
+        "stuff_classes": list(COCO_STUFF_171_CLASSES),
+        "stuff_colors": [color[i] for i in COCO_THING_IDS] + stuff_colors,
+        "ignore_label": IGNORE_LABEL,
+        "evaluator_type": "sem_seg",
+    }
+
+
 def register_all_coco(root: str) -> None:
-    """Register ``coco_2017_things_sem_seg_{train,val}`` under the datasets root ``root`` (lazily)."""
+    """Register ``coco_2017_things_sem_seg_{train,val}`` and ``coco_2017_{train,test}_stuff_sem_seg`` under the
+    datasets root ``root`` (lazily: nothing is read until a dataset is loaded)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for name, split in COCO_THINGS_SEM_SEG_SPLITS.items():
         DatasetCatalog.register(name, functools.partial(load_coco_things_sem_seg, root, split))
         MetadataCatalog.get(name).set(**coco_things_sem_seg_metadata())
+    for name, split in COCO_STUFF_SEM_SEG_SPLITS.items():
+        if name in DatasetCatalog.list():  # another package (e.g. Mask2Former's) already registered it
+            continue
+        DatasetCatalog.register(name, functools.partial(load_coco_stuff_sem_seg, root, split))
+        MetadataCatalog.get(name).set(**coco_stuff_sem_seg_metadata())
