@@ -143,11 +143,19 @@ def _read_incremental_summary(path: str) -> dict:
             for k, v in row.items() if k not in ("method", "step", "split", "dataset")}
 
 
+def _read_comparison(path: str) -> dict:
+    """``summary.json`` of ``tools/run_variants.py`` / ``tools/run_zero_shot.py``: ``{variant}/{dataset}/{metric}``."""
+    with open(path) as f:
+        summary = json.load(f)
+    return {f"{row['variant']}/{row['dataset']}/{m}": row[m] for row in summary["rows"] for m in summary["metrics"]}
+
+
 READERS: dict[str, Callable[[str], dict]] = {
     "detectron2_metrics": _read_detectron2_metrics,
     "json": _read_json,
     "last_json_line": _read_last_json_line,
     "incremental_summary": _read_incremental_summary,
+    "comparison": _read_comparison,
 }
 
 
