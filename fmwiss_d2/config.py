@@ -50,6 +50,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.STEP_BASE_LR = -1.0  # SOLVER.BASE_LR of steps >= 1 (MiB: 10x lower); <= 0 keeps SOLVER.BASE_LR
     cfg.INCREMENTAL.STEP_MAX_ITER = -1  # SOLVER.MAX_ITER of steps >= 1; <= 0 keeps SOLVER.MAX_ITER
     cfg.INCREMENTAL.EPOCHS = 0  # > 0: every step trains this many epochs of its own data (overrides MAX_ITER)
+    cfg.INCREMENTAL.STEP_EPOCHS = 0  # > 0: steps >= 1 train this many epochs instead of EPOCHS (WILSON: 30 at step 0, 40 later on VOC)
     for old, new in (("INCREMENTAL.METHOD", "METHOD.NAME"), ("INCREMENTAL.MIB", "METHOD.MIB"),
                      ("INCREMENTAL.MIB.PSEUDO_LABEL_THRESHOLD", "PSEUDO_LABELS.OLD_MODEL.THRESHOLD")):
         cfg.register_renamed_key(old, new)
