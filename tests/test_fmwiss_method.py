@@ -266,3 +266,62 @@ def test_the_mask2former_config_is_the_deeplabv3_recipe_on_the_other_family():
     cfg = configure_step(tiny_cfg("shapes/fmwiss_mask2former.yaml", "INCREMENTAL.STEP", "1"))
     method = build_method(cfg, build_model(cfg), get_task("shapes_6-4"), 1)
     assert method.teacher.aspp.convs[0].in_channels == cfg.MODEL.SEM_SEG_HEAD.MASK_DIM == 64
+
+
+def test_a_weak_step_learns_from_a_dupl_model_through_the_source_key(task, tmp_path, monkeypatch):
+    """METHOD.FMWISS.SOURCE DuPL: the step loads the DuPL checkpoint named by PSEUDO_LABELS.DUPL.*, trains from
+    it without reading a mask, keeps it out of its checkpoint, and the teacher's BCE targets are DuPL's scores
+    completed by the old model (recomputed here from the source's own output)."""
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from fmwiss_d2.engine import Trainer
+    from fmwiss_d2.engine.data_loader import training_records
+    from fmwiss_d2.modeling.losses.fmwiss import combine_pseudo_masks, soft_bce
+    from fmwiss_d2.pseudo_labels.dupl import DuPL
+
+    dupl_cfg = tiny_cfg("shapes/dupl.yaml")  # DuPL's student: the shapes DeepLabV3, 11 classes
+    torch.manual_seed(1)
+    dupl_model = build_model(dupl_cfg)
+    (tmp_path / "dupl.yaml").write_text(dupl_cfg.dump())
+    torch.save({"model": dupl_model.state_dict()}, tmp_path / "dupl.pth")
+    _train(_cfg(0, tmp_path))  # FMWISS: its bank is in its checkpoint (a Finetune step 0's is built from its masks)
+    opts = ["METHOD.FMWISS.SOURCE", "DuPL", "PSEUDO_LABELS.DUPL.CONFIG_FILE", str(tmp_path / "dupl.yaml"),
+            "PSEUDO_LABELS.DUPL.CHECKPOINT", str(tmp_path / "dupl.pth")]
+
+    calls, opened = [], []
+    real_forward = DuPL.forward
+    monkeypatch.setattr(DuPL, "forward", lambda self, images, labels, ctx: calls.append(
+        [int(c) for l in labels for c in l]) or real_forward(self, images, labels, ctx))
+    real_image, real_label = detection_utils.read_image, mapper_base.read_label_map
+    monkeypatch.setattr(detection_utils, "read_image", lambda fn, *a, **k: opened.append(fn) or real_image(fn, *a, **k))
+    monkeypatch.setattr(mapper_base, "read_label_map", lambda fn, *a, **k: opened.append(fn) or real_label(fn, *a, **k))
+    trainer = _train(_cfg(1, tmp_path, "FMWISS", *opts))
+    assert len(calls) == 3 and all(set(c) <= set(range(7, 11)) for c in calls)  # one call per iteration
+    reads = {os.path.realpath(f) for f in opened}
+    assert reads and not reads & _mask_files(task)
+    source = trainer._trainer.model.frozen("pseudo_label_source")
+    assert isinstance(source, DuPL)
+    assert all(torch.equal(v, dupl_model.state_dict()[k]) for k, v in source.model.state_dict().items())
+    ckpt = torch.load(tmp_path / "step1" / "model_final.pth", weights_only=False)
+    assert not any("pseudo_label_source" in k for k in ckpt["method"])
+
+    # one batch without copy-paste: the teacher's BCE is against combine_pseudo_masks(DuPL's scores, old model)
+    cfg1 = _cfg(1, tmp_path / "again", "FMWISS", *opts, "METHOD.FMWISS.COPY_PASTE", "False",
+                "INCREMENTAL.PREVIOUS_WEIGHTS", str(tmp_path / "step0" / "model_final.pth"))
+    method = Trainer.build_train_model(cfg1).train()
+    mapper = build_dataset_mapper(cfg1, is_train=True)
+    batch = [mapper(r) for r in training_records(cfg1)[:3]]
+    losses = method(batch)
+    model = method.model
+    with torch.no_grad():
+        images = model.preprocess_images(batch)
+        raw = images.tensor * model.pixel_std + model.pixel_mean
+        labels = [torch.as_tensor(x["image_labels"]) for x in batch]
+        pseudo = real_forward(source, raw, labels, method._context())
+        old = method.old_model.per_pixel_scores(method.old_model.forward_outputs(images.tensor))
+        masks = combine_pseudo_masks(pseudo.scores, old / old.sum(1, keepdim=True), method.new_ids)
+        t = method.teacher(model.pixel_features(model.forward_outputs(images.tensor)), raw.shape[-2:])["logits"]
+    assert pseudo.scores[:, 1:7].sum() == 0 and pseudo.scores[:, 7:].sum() > 0  # DuPL's, on the new classes only
+    expected = soft_bce(t, masks, pseudo.valid)
+    assert torch.allclose(losses["loss_teacher_bce"].detach(), expected, rtol=1e-5)
