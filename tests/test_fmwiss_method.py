@@ -124,6 +124,8 @@ def test_losses_reach_the_teacher_and_the_student(task, tmp_path, config):
     assert grad(method.teacher.classifier.parameters()) > 0 and grad(method.teacher.projection.parameters()) > 0
     assert grad(method.model.classifier.cls[1].parameters()) > 0  # the new classes learn
     assert all(p.grad is None for p in method.old_model.parameters())
+    # every trainable parameter takes part (DistributedDataParallel is built without find_unused_parameters)
+    assert [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None] == []
     # the contrastive loss alone reaches the teacher's embedding head and the shared backbone
     method.zero_grad(set_to_none=True)
     torch.manual_seed(0)
