@@ -73,5 +73,6 @@ def test_coco_to_voc_is_the_60_non_voc_classes_then_the_20_voc_classes_with_thei
     assert [task.canonical(c) for c in VOC_CLASSES[1:]] == list(step1)  # every VOC class, in VOC's order
     assert set(VOC_TO_COCO) == set(VOC_CLASSES[1:])
     assert task.new_class_ids(1) == list(range(61, 81)) and task.old_class_ids(1) == list(range(1, 61))
-    assert task.steps[1].train == "voc_2012_sem_seg_train_aug" and task.steps[0].train == "coco_2017_things_sem_seg_train"
+    assert task.steps[0].train == "coco_2017_things_sem_seg_train"
+    assert task.steps[1].train == "voc_2012_sem_seg_train_aug"
     assert dict(task.steps[1].val) == {"val": "coco_2017_things_sem_seg_val", "val_voc": "voc_2012_sem_seg_val"}

@@ -5,16 +5,17 @@
   from the images' image-level labels -- the weak step's only supervision (``INCREMENTAL.NEW_CLASS_LABELS
   image``: the mapper drops every mask field unread);
 * a plug-in ASPP teacher on the student's per-pixel features (``pixel_features``: DeepLabV3's backbone feature,
-  Mask2Former's mask features), trained by BCE + dense contrastive against the pseudo masks (:func:`~fmwiss_d2.modeling.losses.fmwiss.combine_pseudo_masks`), whose outputs refine them online;
+  Mask2Former's mask features), trained by BCE + dense contrastive against the pseudo masks
+  (:func:`~fmwiss_d2.modeling.losses.fmwiss.combine_pseudo_masks`), whose outputs refine them online;
 * memory-based copy-paste (:mod:`fmwiss_d2.data.memory_bank`): old-class instances pasted, labelled, into the
   step's images.
 
 The student learns soft labels by BCE: new classes from the teacher, old classes from the weighted average of
 the old model and the teacher (:func:`~fmwiss_d2.modeling.losses.fmwiss.soft_label_loss`), on the model's
 ``per_pixel_logits`` (DeepLabV3's logits; Mask2Former's semantic scores normalised over the classes): one code
-path for both model families, through the family contract (:class:`~fmwiss_d2.modeling.meta_arch.base.SegmentorBase`). Step 0 is ordinary
-supervised training (and fills the memory bank from its masks). Design choices the paper leaves open:
-docs/fmwiss.md, "Teacher, copy-paste and objective".
+path for both model families, through the family contract (:class:`~fmwiss_d2.modeling.meta_arch.base.SegmentorBase`).
+Step 0 is ordinary supervised training (and fills the memory bank from its masks). Design choices the paper leaves
+open: docs/fmwiss.md, "Teacher, copy-paste and objective" and "Model family".
 """
 from __future__ import annotations
 
