@@ -50,6 +50,7 @@ def add_fmwiss_config(cfg):
     cfg.INCREMENTAL.STEP_BASE_LR = -1.0  # SOLVER.BASE_LR of steps >= 1 (MiB: 10x lower); <= 0 keeps SOLVER.BASE_LR
     cfg.INCREMENTAL.STEP_MAX_ITER = -1  # SOLVER.MAX_ITER of steps >= 1; <= 0 keeps SOLVER.MAX_ITER
     cfg.INCREMENTAL.EPOCHS = 0  # > 0: every step trains this many epochs of its own data (overrides MAX_ITER)
+    cfg.INCREMENTAL.STEP_EPOCHS = 0  # > 0: steps >= 1 train this many epochs instead of EPOCHS (WILSON on VOC: 40)
     for old, new in (("INCREMENTAL.METHOD", "METHOD.NAME"), ("INCREMENTAL.MIB", "METHOD.MIB"),
                      ("INCREMENTAL.MIB.PSEUDO_LABEL_THRESHOLD", "PSEUDO_LABELS.OLD_MODEL.THRESHOLD")):
         cfg.register_renamed_key(old, new)
@@ -248,7 +249,7 @@ def _add_fmwiss_config(cfg):
     c.CONTRASTIVE_TEMPERATURE = 0.1  # InfoNCE temperature
     c.CONTRASTIVE_PIXELS = 1024  # pixels drawn per batch for the contrastive loss (its cost is quadratic)
     c.OLD_WEIGHT = 0.5  # old classes' soft labels: OLD_WEIGHT * old model + (1 - OLD_WEIGHT) * teacher
-    c.NEW_CLASS_PRIOR = 0.01  # new classes' sigmoid at a step's start (student and teacher: zero weights, bias = its logit)
+    c.NEW_CLASS_PRIOR = 0.01  # new classes' probability at a step's start (model.start_new_classes; teacher: bias = its logit)
     c.POS_WEIGHT_MAX = 0.0  # > 0: each class's BCE positives weighted by its batch's negative / positive mass, capped; 0 = off
     c.POS_WEIGHT_STUDENT = True  # the POS_WEIGHT_MAX weights also in the student's BCE (False: the teacher's only)
     c.COPY_PASTE = True  # memory-based copy-paste of old-class instances into the step's images

@@ -1,6 +1,7 @@
-"""FMWISS end to end on a tiny world: step 0 fills the memory bank from its masks; the weak step 1 trains from
-image labels, pseudo masks (CLIP, random weights: only the plumbing is under test), the teacher and copy-paste,
-never opening a mask file; the teacher learns; a step 0 trained by another method gets its bank from its masks."""
+"""FMWISS end to end on a tiny world, on both model families (DeepLabV3 and Mask2Former, one code path): step 0
+fills the memory bank from its masks; the weak step 1 trains from image labels, pseudo masks (CLIP, random weights:
+only the plumbing is under test), the teacher and copy-paste, never opening a mask file; the teacher learns; a step
+0 trained by another method gets its bank from its masks; a trained DuPL serves as the pseudo-label source."""
 import os
 
 import pytest
@@ -17,7 +18,10 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.C
         "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3",
         "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.WARMUP_ITERS", "0", "SEED", "7", "MODEL.CLIP.CHECKPOINT", "",
         "INCREMENTAL.NEW_CLASS_LABELS", "image", "METHOD.FMWISS.BANK_SIZE", "4", "METHOD.FMWISS.BANK_CROP", "16",
-        "METHOD.FMWISS.CONTRASTIVE_PIXELS", "256"]
+        "METHOD.FMWISS.CONTRASTIVE_PIXELS", "256", "MODEL.DEEPLAB.ASPP_CHANNELS", "64"]
+DEEPLAB = "shapes/deeplabv3_semantic.yaml"
+M2F = "shapes/mask2former_semantic.yaml"
+BOTH = pytest.mark.parametrize("config", [DEEPLAB, M2F], ids=["deeplabv3", "mask2former"])
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,8 @@ def task(tiny_world):
                                                      "steps": [list(range(0, 7)), list(range(7, 11))]})
 
 
-def _cfg(step, out, method="FMWISS", *opts):
-    cfg = tiny_cfg("shapes/deeplabv3_semantic.yaml", *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP",
+def _cfg(step, out, method="FMWISS", *opts, config=DEEPLAB):
+    cfg = tiny_cfg(config, *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP",
                    str(step), "METHOD.NAME", method, "OUTPUT_DIR", str(out), *opts)
     configure_step(cfg)
     cfg.freeze()
@@ -56,8 +60,9 @@ def _mask_files(task):
     return files
 
 
-def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tmp_path, monkeypatch):
-    trainer0 = _train(_cfg(0, tmp_path))
+@BOTH
+def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tmp_path, monkeypatch, config):
+    trainer0 = _train(_cfg(0, tmp_path, config=config))
     bank0 = trainer0._trainer.model.memory_bank
     assert bank0.count[1:7].sum() > 0 and bank0.count[7:].sum() == 0  # step 0's classes, from its masks
     saved = MemoryBank.read(str(tmp_path / "step0" / "model_final.pth"))
@@ -67,7 +72,7 @@ def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tm
     real_image, real_label = detection_utils.read_image, mapper_base.read_label_map
     monkeypatch.setattr(detection_utils, "read_image", lambda fn, *a, **k: opened.append(fn) or real_image(fn, *a, **k))
     monkeypatch.setattr(mapper_base, "read_label_map", lambda fn, *a, **k: opened.append(fn) or real_label(fn, *a, **k))
-    cfg1 = _cfg(1, tmp_path)
+    cfg1 = _cfg(1, tmp_path, config=config)
     from fmwiss_d2.engine import Trainer
 
     method = Trainer.build_train_model(cfg1)
@@ -88,7 +93,7 @@ def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tm
     assert bank1["identity"]["step"] == 1 and torch.equal(bank1["count"][:7], bank0.count[:7].cpu())
 
     # --eval-only builds the same method (teacher, bank) and loads its own parts strictly
-    cfg_eval = tiny_cfg("shapes/deeplabv3_semantic.yaml", *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP", "1",
+    cfg_eval = tiny_cfg(config, *TINY, "INCREMENTAL.TASK", "tiny_fm_6-4", "INCREMENTAL.STEP", "1",
                         "METHOD.NAME", "FMWISS", "OUTPUT_DIR", str(tmp_path))
     configure_step(cfg_eval, eval_only=True)
     evaluated = Trainer.build_eval_model(cfg_eval, cfg_eval.MODEL.WEIGHTS)
@@ -98,13 +103,14 @@ def test_weak_step_trains_teacher_and_copy_paste_without_reading_a_mask(task, tm
     assert 0 <= Trainer.test(cfg_eval, evaluated)["sem_seg"]["mIoU_new"] <= 100
 
 
-def test_losses_reach_the_teacher_and_the_student(task, tmp_path):
+@BOTH
+def test_losses_reach_the_teacher_and_the_student(task, tmp_path, config):
     from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
     from fmwiss_d2.engine import Trainer
     from fmwiss_d2.engine.data_loader import training_records
 
-    _train(_cfg(0, tmp_path))
-    cfg1 = _cfg(1, tmp_path)
+    _train(_cfg(0, tmp_path, config=config))
+    cfg1 = _cfg(1, tmp_path, config=config)
     method = Trainer.build_train_model(cfg1).train()
     mapper = build_dataset_mapper(cfg1, is_train=True)
     batch = [mapper(r) for r in training_records(cfg1)[:3]]
@@ -118,6 +124,8 @@ def test_losses_reach_the_teacher_and_the_student(task, tmp_path):
     assert grad(method.teacher.classifier.parameters()) > 0 and grad(method.teacher.projection.parameters()) > 0
     assert grad(method.model.classifier.cls[1].parameters()) > 0  # the new classes learn
     assert all(p.grad is None for p in method.old_model.parameters())
+    # every trainable parameter takes part (DistributedDataParallel is built without find_unused_parameters)
+    assert [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None] == []
     # the contrastive loss alone reaches the teacher's embedding head and the shared backbone
     method.zero_grad(set_to_none=True)
     torch.manual_seed(0)
@@ -185,7 +193,7 @@ def test_the_teacher_starts_as_the_previous_steps_head(task, tmp_path):
     with torch.no_grad():
         images = (x - method.model.pixel_mean) / method.model.pixel_std
         old = method.old_model.forward_outputs(images)["pred_logits"]
-        t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
+        t = method.teacher(method.model.pixel_features(method.model.forward_outputs(images)), (64, 64))["logits"]
     assert torch.allclose(t[:, :7], old, atol=1e-4)  # the old classes' logits, as the previous step had them
 
 
@@ -205,7 +213,117 @@ def test_a_fresh_step_predicts_what_the_old_model_did(task, tmp_path):
         images = (x - method.model.pixel_mean) / method.model.pixel_std
         old = method.old_model.forward_outputs(images)["pred_logits"]
         new = method.model.forward_outputs(images)["pred_logits"]
-        t = method.teacher(method.model.features(images)[method.teacher_feature], (64, 64))["logits"]
+        t = method.teacher(method.model.pixel_features(method.model.forward_outputs(images)), (64, 64))["logits"]
     assert torch.equal(new.argmax(1), old.argmax(1))
     assert torch.allclose(new[:, 7:].sigmoid(), torch.full_like(new[:, 7:], 0.02), atol=1e-6)
     assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)
+
+
+def test_a_fresh_mask2former_step_predicts_what_the_old_model_did(task, tmp_path):
+    """On Mask2Former the new rows take the prior's share of "no object" in every query: each query's old-class
+    probabilities are exactly the old model's, each new class gets prior x the old no-object probability, and the
+    semantic prediction (argmax of the per-pixel scores) is the old model's."""
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune", config=M2F))
+    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_CLASS_PRIOR", "0.02", config=M2F)
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)
+    method = trainer._trainer.model.eval()
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 64, 64) * 255
+    with torch.no_grad():
+        images = (x - method.model.pixel_mean) / method.model.pixel_std
+        old = method.old_model.forward_outputs(images)
+        new = method.model.forward_outputs(images)
+        t = method.teacher(method.model.pixel_features(new), (64, 64))["logits"]
+    p_old, p_new = old["pred_logits"].softmax(-1), new["pred_logits"].softmax(-1)  # [7 old, (4 new,) no-object]
+    assert p_old.shape[-1] == 8 and p_new.shape[-1] == 12
+    assert torch.allclose(p_new[..., :7], p_old[..., :7], atol=1e-6)
+    assert torch.allclose(p_new[..., 7:11], 0.02 * p_old[..., 7:], atol=1e-6)
+    assert torch.allclose(p_new[..., 11], (1 - 4 * 0.02) * p_old[..., 7], atol=1e-6)
+    s_old, s_new = method.old_model.per_pixel_scores(old), method.model.per_pixel_scores(new)
+    assert torch.equal(s_new.argmax(1), s_old.argmax(1))
+    assert torch.equal(method.model.per_pixel_logits(new).argmax(1), s_old.argmax(1))
+    assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)
+
+
+def test_the_mask2former_config_is_the_deeplabv3_recipe_on_the_other_family():
+    """configs/shapes/fmwiss_mask2former.yaml: the Mask2Former MiB uses, with every FMWISS recipe key (incremental
+    schedule, METHOD.FMWISS, ablation variants) of fmwiss_deeplabv3.yaml; it builds an FMWISS weak step."""
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.data.datasets.tasks import get_task
+    from fmwiss_d2.methods import build_method
+
+    m2f, deeplab = tiny_cfg("shapes/fmwiss_mask2former.yaml"), tiny_cfg("shapes/fmwiss_deeplabv3.yaml")
+    mib = tiny_cfg("shapes/mib_mask2former.yaml")
+    assert m2f.MODEL.META_ARCHITECTURE == "MaskFormer" and m2f.MODEL.MASK_FORMER == mib.MODEL.MASK_FORMER
+    assert m2f.MODEL.TINY == mib.MODEL.TINY and m2f.MODEL.SEM_SEG_HEAD == mib.MODEL.SEM_SEG_HEAD
+    assert m2f.METHOD.FMWISS == deeplab.METHOD.FMWISS and m2f.INCREMENTAL == deeplab.INCREMENTAL
+    names = lambda cfg: [v.split(":")[0] for v in cfg.PROTOCOL.VARIANTS]  # noqa: E731
+    assert names(m2f) == names(deeplab)
+    mib_pixel = [v for v in m2f.PROTOCOL.VARIANTS if v.startswith("MiB-pixel:")][0]
+    assert "METHOD.MIB.PSEUDO_LABEL True" in mib_pixel  # the Mask2Former MiB recipe
+    cfg = configure_step(tiny_cfg("shapes/fmwiss_mask2former.yaml", "INCREMENTAL.STEP", "1"))
+    method = build_method(cfg, build_model(cfg), get_task("shapes_6-4"), 1)
+    assert method.teacher.aspp.convs[0].in_channels == cfg.MODEL.SEM_SEG_HEAD.MASK_DIM == 64
+
+
+def test_a_weak_step_learns_from_a_dupl_model_through_the_source_key(task, tmp_path, monkeypatch):
+    """METHOD.FMWISS.SOURCE DuPL: the step loads the DuPL checkpoint named by PSEUDO_LABELS.DUPL.*, trains from
+    it without reading a mask, keeps it out of its checkpoint, and the teacher's BCE targets are DuPL's scores
+    completed by the old model (recomputed here from the source's own output)."""
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from fmwiss_d2.engine import Trainer
+    from fmwiss_d2.engine.data_loader import training_records
+    from fmwiss_d2.modeling.losses.fmwiss import combine_pseudo_masks, soft_bce
+    from fmwiss_d2.pseudo_labels.dupl import DuPL
+
+    dupl_cfg = tiny_cfg("shapes/dupl.yaml")  # DuPL's student: the shapes DeepLabV3, 11 classes
+    torch.manual_seed(1)
+    dupl_model = build_model(dupl_cfg)
+    (tmp_path / "dupl.yaml").write_text(dupl_cfg.dump())
+    torch.save({"model": dupl_model.state_dict()}, tmp_path / "dupl.pth")
+    _train(_cfg(0, tmp_path))  # FMWISS: its bank is in its checkpoint (a Finetune step 0's is built from its masks)
+    opts = ["METHOD.FMWISS.SOURCE", "DuPL", "PSEUDO_LABELS.DUPL.CONFIG_FILE", str(tmp_path / "dupl.yaml"),
+            "PSEUDO_LABELS.DUPL.CHECKPOINT", str(tmp_path / "dupl.pth")]
+
+    calls, opened = [], []
+    real_forward = DuPL.forward
+    monkeypatch.setattr(DuPL, "forward", lambda self, images, labels, ctx: calls.append(
+        [int(c) for l in labels for c in l]) or real_forward(self, images, labels, ctx))
+    real_image, real_label = detection_utils.read_image, mapper_base.read_label_map
+    monkeypatch.setattr(detection_utils, "read_image", lambda fn, *a, **k: opened.append(fn) or real_image(fn, *a, **k))
+    monkeypatch.setattr(mapper_base, "read_label_map", lambda fn, *a, **k: opened.append(fn) or real_label(fn, *a, **k))
+    trainer = _train(_cfg(1, tmp_path, "FMWISS", *opts))
+    assert len(calls) == 3 and all(set(c) <= set(range(7, 11)) for c in calls)  # one call per iteration
+    reads = {os.path.realpath(f) for f in opened}
+    assert reads and not reads & _mask_files(task)
+    source = trainer._trainer.model.frozen("pseudo_label_source")
+    assert isinstance(source, DuPL)
+    assert all(torch.equal(v, dupl_model.state_dict()[k]) for k, v in source.model.state_dict().items())
+    ckpt = torch.load(tmp_path / "step1" / "model_final.pth", weights_only=False)
+    assert not any("pseudo_label_source" in k for k in ckpt["method"])
+
+    # one batch without copy-paste: the teacher's BCE is against combine_pseudo_masks(DuPL's scores, old model)
+    cfg1 = _cfg(1, tmp_path / "again", "FMWISS", *opts, "METHOD.FMWISS.COPY_PASTE", "False",
+                "INCREMENTAL.PREVIOUS_WEIGHTS", str(tmp_path / "step0" / "model_final.pth"))
+    method = Trainer.build_train_model(cfg1).train()
+    mapper = build_dataset_mapper(cfg1, is_train=True)
+    batch = [mapper(r) for r in training_records(cfg1)[:3]]
+    losses = method(batch)
+    model = method.model
+    with torch.no_grad():
+        images = model.preprocess_images(batch)
+        raw = images.tensor * model.pixel_std + model.pixel_mean
+        labels = [torch.as_tensor(x["image_labels"]) for x in batch]
+        pseudo = real_forward(source, raw, labels, method._context())
+        old = method.old_model.per_pixel_scores(method.old_model.forward_outputs(images.tensor))
+        masks = combine_pseudo_masks(pseudo.scores, old / old.sum(1, keepdim=True), method.new_ids)
+        t = method.teacher(model.pixel_features(model.forward_outputs(images.tensor)), raw.shape[-2:])["logits"]
+    assert pseudo.scores[:, 1:7].sum() == 0 and pseudo.scores[:, 7:].sum() > 0  # DuPL's, on the new classes only
+    expected = soft_bce(t, masks, pseudo.valid)
+    assert torch.allclose(losses["loss_teacher_bce"].detach(), expected, rtol=1e-5)

@@ -235,3 +235,28 @@ def test_mib_pseudo_labels_reach_the_mask_classification_criterion(tiny_world):
                 h, w = bg.shape
                 assert not (m[:h, :w] & ~bg).any()  # pseudo labels only on background pixels
     assert any(1 <= c <= 6 for t in targets for c in t["labels"].tolist())
+
+
+def test_epochs_set_each_steps_iterations_from_its_own_data(tiny_world):
+    """INCREMENTAL.EPOCHS at step 0 and STEP_EPOCHS at later steps: MAX_ITER = ceil(epochs x images / batch), the
+    images being the step's filtered training set."""
+    import math
+
+    from detectron2.data import DatasetCatalog
+
+    from fmwiss_d2.data.datasets.tasks import register_incremental_task
+
+    register_incremental_task("tiny_ep_6-4", {"train": "tiny_shapes_sem_seg_train", "val": "tiny_shapes_sem_seg_val",
+                                              "steps": [list(range(0, 7)), list(range(7, 11))]})
+
+    def max_iter(step, *opts):
+        cfg = tiny_cfg(DEEPLAB, "INCREMENTAL.TASK", "tiny_ep_6-4", "INCREMENTAL.STEP", str(step),
+                       "SOLVER.IMS_PER_BATCH", "4", "INCREMENTAL.EPOCHS", "3", *opts)
+        return configure_step(cfg).SOLVER.MAX_ITER
+
+    n0 = len(DatasetCatalog.get("tiny_ep_6-4_overlap_step0_train"))
+    n1 = len(DatasetCatalog.get("tiny_ep_6-4_overlap_step1_train"))
+    assert n0 != n1 and n1 > 0
+    assert max_iter(0) == math.ceil(3 * n0 / 4) and max_iter(1) == math.ceil(3 * n1 / 4)
+    assert max_iter(0, "INCREMENTAL.STEP_EPOCHS", "5") == math.ceil(3 * n0 / 4)  # step 0 keeps EPOCHS
+    assert max_iter(1, "INCREMENTAL.STEP_EPOCHS", "5") == math.ceil(5 * n1 / 4)

@@ -69,3 +69,28 @@ def test_classifier_expansion_through_the_model():
         after = model.forward_outputs(images.tensor)["pred_logits"]
     assert after.shape[-1] == before.shape[-1] + 2
     assert torch.equal(after[..., :11], before[..., :11]) and torch.equal(after[..., -1], before[..., -1])
+
+
+def test_per_pixel_logits_are_the_normalised_semantic_scores():
+    """sigmoid(per_pixel_logits) = S_k / sum_j S_j with S Mask2Former's semantic inference (per image, from
+    postprocessing.semantic_inference); finite with a gradient where two queries of one class overlap (S > 1)."""
+    from fmwiss_d2.modeling.meta_arch import MaskFormer
+    from fmwiss_d2.modeling.postprocessing import semantic_inference
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 4, generator=g) * 3  # 2 images, 5 queries, 3 classes + no-object
+    masks = torch.randn(2, 5, 6, 7, generator=g) * 4
+    logits[0, :2] = torch.tensor([0.0, 20.0, 0.0, 0.0])  # two confident queries of class 1 ...
+    masks[0, :2] = 20.0  # ... whose masks both cover every pixel: S_1 close to 2
+    logits.requires_grad_(True)
+    outputs = {"pred_logits": logits, "pred_masks": masks}
+    class Model:  # the scores of the outputs above, without building a model
+        per_pixel_scores = staticmethod(lambda o: MaskFormer.per_pixel_scores(None, o))
+
+    z = MaskFormer.per_pixel_logits(Model(), outputs)
+    s = torch.stack([semantic_inference(logits[b].detach(), masks[b]) for b in range(2)])
+    assert s[0, 1].min() > 1.9
+    assert torch.allclose(z.sigmoid(), s / s.sum(1, keepdim=True), atol=1e-5)
+    assert torch.equal(z.argmax(1), s.argmax(1))
+    z.sum().backward()
+    assert torch.isfinite(z).all() and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -101,6 +101,20 @@ def test_background_init_preserves_old_probabilities():
     assert torch.allclose(new_p[:, 3], old_p[:, 0] / 3, atol=1e-6)
 
 
+def test_background_init_with_a_share_gives_each_new_class_that_share_of_the_background():
+    torch.manual_seed(4)
+    w, bias, feats = torch.randn(3, 8), torch.randn(3), torch.randn(16, 8)  # [old1, old2, no-object]
+    old_p = (feats @ w.T + bias).softmax(-1)
+    nw, nb, bg_b = background_init(w[2], bias[2], num_new=2, share=0.1)
+    assert torch.allclose(nb, (bias[2] + math.log(0.1)).repeat(2)) and torch.allclose(bg_b, bias[2] + math.log(0.8))
+    new_p = (feats @ torch.cat([w[:2], nw, w[2:]]).T + torch.cat([bias[:2], nb, bg_b.view(1)])).softmax(-1)
+    assert torch.allclose(new_p[:, :2], old_p[:, :2], atol=1e-6)  # old classes unchanged
+    assert torch.allclose(new_p[:, 2], 0.1 * old_p[:, 2], atol=1e-6) and torch.allclose(new_p[:, 3], new_p[:, 2])
+    assert torch.allclose(new_p[:, 4], 0.8 * old_p[:, 2], atol=1e-6)
+    with pytest.raises(ValueError, match="share"):
+        background_init(w[2], bias[2], num_new=4, share=0.25)
+
+
 def test_unbiased_ce_class_weights_match_cross_entropy_weights():
     torch.manual_seed(3)
     logits, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 3, 1])

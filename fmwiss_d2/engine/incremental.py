@@ -60,15 +60,16 @@ def configure_step(cfg, eval_only: bool = False):
     if eval_only:
         cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
         return cfg
-    if inc.EPOCHS > 0:  # MiB trains each step for a number of epochs of that step's (filtered) data
+    epochs = inc.STEP_EPOCHS if train_step > 0 and inc.STEP_EPOCHS > 0 else inc.EPOCHS
+    if epochs > 0:  # MiB trains each step for a number of epochs of that step's (filtered) data
         from detectron2.data import DatasetCatalog
 
         n = len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
-        cfg.SOLVER.MAX_ITER = max(1, math.ceil(inc.EPOCHS * n / cfg.SOLVER.IMS_PER_BATCH))
+        cfg.SOLVER.MAX_ITER = max(1, math.ceil(epochs * n / cfg.SOLVER.IMS_PER_BATCH))
     if train_step > 0:
         if inc.STEP_BASE_LR > 0:
             cfg.SOLVER.BASE_LR = inc.STEP_BASE_LR
-        if inc.STEP_MAX_ITER > 0 and inc.EPOCHS <= 0:
+        if inc.STEP_MAX_ITER > 0 and epochs <= 0:
             cfg.SOLVER.MAX_ITER = inc.STEP_MAX_ITER
         if inc.NEW_CLASS_LABELS == "image":
             cfg.INPUT.SUPERVISION = "image"

@@ -4,15 +4,18 @@
 * a pseudo-label source (``METHOD.FMWISS.SOURCE``, any registered one) giving the new classes' pseudo masks
   from the images' image-level labels -- the weak step's only supervision (``INCREMENTAL.NEW_CLASS_LABELS
   image``: the mapper drops every mask field unread);
-* a plug-in ASPP teacher on the student's backbone features, trained by BCE + dense contrastive against the
-  pseudo masks (:func:`~fmwiss_d2.modeling.losses.fmwiss.combine_pseudo_masks`), whose outputs refine them online;
+* a plug-in ASPP teacher on the student's per-pixel features (``pixel_features``: DeepLabV3's backbone feature,
+  Mask2Former's mask features), trained by BCE + dense contrastive against the pseudo masks
+  (:func:`~fmwiss_d2.modeling.losses.fmwiss.combine_pseudo_masks`), whose outputs refine them online;
 * memory-based copy-paste (:mod:`fmwiss_d2.data.memory_bank`): old-class instances pasted, labelled, into the
   step's images.
 
 The student learns soft labels by BCE: new classes from the teacher, old classes from the weighted average of
-the old model and the teacher (:func:`~fmwiss_d2.modeling.losses.fmwiss.soft_label_loss`). Step 0 is ordinary
-supervised training (and fills the memory bank from its masks). Design choices the paper leaves open:
-docs/fmwiss.md, "Teacher, copy-paste and objective".
+the old model and the teacher (:func:`~fmwiss_d2.modeling.losses.fmwiss.soft_label_loss`), on the model's
+``per_pixel_logits`` (DeepLabV3's logits; Mask2Former's semantic scores normalised over the classes): one code
+path for both model families, through the family contract (:class:`~fmwiss_d2.modeling.meta_arch.base.SegmentorBase`).
+Step 0 is ordinary supervised training (and fills the memory bank from its masks). Design choices the paper leaves
+open: docs/fmwiss.md, "Teacher, copy-paste and objective" and "Model family".
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ class FMWISS(Method):
 
     @configurable
     def __init__(self, model, *, task=None, step: int = 0, max_iter: int = 0, source: str,
-                 teacher: PluginTeacher | None, teacher_feature: str, teacher_warmup: float,
+                 teacher: PluginTeacher | None, teacher_warmup: float,
                  contrastive_weight: float, contrastive_temperature: float, contrastive_pixels: int,
                  old_weight: float, new_class_prior: float = 0.01, pos_weight_max: float = 0.0,
                  pos_weight_student: bool = True,
@@ -64,12 +67,12 @@ class FMWISS(Method):
             source: registered name of the new classes' pseudo-label source (built for training only, kept
                 frozen: never saved nor optimized).
             teacher: the plug-in teacher (None: the student learns the pseudo masks themselves).
-            teacher_feature: the backbone feature the teacher reads.
             teacher_warmup: share of the iterations over which the new classes' soft labels move (half-cosine)
                 from the pseudo masks to the teacher's outputs.
             contrastive_weight / contrastive_temperature / contrastive_pixels: the teacher's dense InfoNCE.
             old_weight: old classes' soft labels = old_weight * old model + (1 - old_weight) * teacher.
-            new_class_prior: the new classes' sigmoid when a step starts (zero weights, bias = its logit).
+            new_class_prior: the new classes' probability when a step starts (the model's
+                :meth:`start_new_classes`; the teacher's rows: zero weights, bias = its logit).
             pos_weight_max: > 0: the teacher's and the student's BCE weigh each class's positives by its
                 batch's negative / positive mass, capped at this (:func:`balanced_positive_weight`); 0: plain BCE.
             pos_weight_student: False: the weights apply to the teacher's BCE only.
@@ -78,12 +81,8 @@ class FMWISS(Method):
             identity: (task, step, classes) the bank is stamped with.
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)
-        if getattr(model, "class_dim", 1) != 1:
-            raise MethodConfigError(f"FMWISS trains per-pixel class logits (MODEL.META_ARCHITECTURE DeepLabV3); "
-                                    f"{type(model).__name__} classifies masks")
         self.source_name = source
         self.teacher = teacher
-        self.teacher_feature = teacher_feature
         self.teacher_warmup = teacher_warmup
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
@@ -108,14 +107,11 @@ class FMWISS(Method):
         if c.POS_WEIGHT_MAX != 0 and c.POS_WEIGHT_MAX < 1:
             raise MethodConfigError(f"METHOD.FMWISS.POS_WEIGHT_MAX must be 0 (plain BCE) or >= 1, "
                                     f"not {c.POS_WEIGHT_MAX}")
-        shapes = model.backbone.output_shape()
-        feature = cfg.MODEL.DEEPLAB.IN_FEATURE if cfg.MODEL.DEEPLAB.IN_FEATURE in shapes else \
-            max(shapes, key=lambda n: shapes[n].stride)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         teacher = None
         if step > 0 and c.TEACHER:
             d = cfg.MODEL.DEEPLAB
-            teacher = PluginTeacher(shapes[feature].channels, num_classes, channels=d.ASPP_CHANNELS,
+            teacher = PluginTeacher(model.pixel_feature_channels, num_classes, channels=d.ASPP_CHANNELS,
                                     dilations=d.ASPP_DILATIONS, embed_dim=c.EMBED_DIM, norm=d.NORM)
             teacher.lr_multiplier = c.TEACHER_LR_MULTIPLIER
         identity, bank = None, None
@@ -125,7 +121,7 @@ class FMWISS(Method):
         return {
             **super().from_config(cfg, model, task=task, step=step),
             "source": c.SOURCE,
-            "teacher": teacher, "teacher_feature": feature, "teacher_warmup": c.TEACHER_WARMUP,
+            "teacher": teacher, "teacher_warmup": c.TEACHER_WARMUP,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT, "contrastive_temperature": c.CONTRASTIVE_TEMPERATURE,
             "contrastive_pixels": c.CONTRASTIVE_PIXELS, "old_weight": c.OLD_WEIGHT,
             "new_class_prior": c.NEW_CLASS_PRIOR,
@@ -135,30 +131,27 @@ class FMWISS(Method):
         }
 
     def start_step(self) -> None:
-        """The new classes' outputs (the student's and the teacher's) start at zero weights and the logit of
-        ``NEW_CLASS_PRIOR``: with random rows their logits (of the order of the old ones) win the argmax on many
-        old-class pixels before any training, and under BCE most of their first gradient only pushes them down
-        (RetinaNet's prior initialisation). The teacher starts as the previous step's head (its ASPP and old-class
-        classifier) when the model is a DeepLabV3 whose ASPP reads the teacher's feature: a teacher from scratch
-        answers "background" everywhere for its first hundreds of iterations, and the soft labels would teach
-        the student that (this project's choices; docs/fmwiss.md)."""
-        bias = math.log(self.new_class_prior / (1 - self.new_class_prior))
-        classifier = self.model.classifier
-        with torch.no_grad():
-            for c in self.new_ids:
-                layer, row = classifier.logit_layer(c)
-                layer.weight[row] = 0.0
-                layer.bias[row] = bias
-        aspp = getattr(self.model, "aspp", None)
+        """The new classes start low: the model's :meth:`start_new_classes` at ``NEW_CLASS_PRIOR`` (DeepLabV3: zero
+        weights and the prior's logit; Mask2Former: the prior's share of "no object"), the teacher's rows at zero
+        weights and the prior's logit. Why: with random rows their logits (of the order of the old ones) win the
+        argmax on many old-class pixels before any training, and under BCE most of their first gradient only pushes
+        them down (RetinaNet's prior initialisation). The teacher starts as the previous step's head (its ASPP and
+        old-class classifier) when the model has an ASPP head on the teacher's feature (DeepLabV3): a teacher from
+        scratch answers "background" everywhere for its first hundreds of iterations, and the soft labels would
+        teach the student that (this project's choices; docs/fmwiss.md). A Mask2Former has no per-pixel head to
+        copy: its teacher starts from scratch, and ``TEACHER_WARMUP`` keeps the pseudo masks in charge meanwhile."""
+        self.model.start_new_classes(self.new_ids, self.new_class_prior)
         if self.teacher is None:
             return
+        bias = math.log(self.new_class_prior / (1 - self.new_class_prior))
+        aspp = getattr(self.model, "aspp", None)
         with torch.no_grad():
             self.teacher.classifier.weight[self.new_ids] = 0.0
             self.teacher.classifier.bias[self.new_ids] = bias
-            if aspp is None or getattr(self.model, "in_feature", None) != self.teacher_feature:
+            if aspp is None:
                 return
             self.teacher.aspp.load_state_dict(aspp.state_dict())
-            old = classifier.cls[: self.step]
+            old = self.model.classifier.cls[: self.step]
             weight = torch.cat([layer.weight for layer in old])
             self.teacher.classifier.weight[: len(weight)] = weight[..., None, None]
             self.teacher.classifier.bias[: len(weight)] = torch.cat([layer.bias for layer in old])
@@ -259,6 +252,8 @@ class FMWISS(Method):
         with torch.no_grad():
             old_probs = self.old_model.per_pixel_scores(self.old_model.forward_outputs(x))
             old_probs = F.interpolate(old_probs, size=(h, w), mode="bilinear", align_corners=False)
+            # normalised over the classes (as OldModelSource): a Mask2Former's semantic scores need not sum to 1
+            old_probs = old_probs / old_probs.sum(1, keepdim=True).clamp_min(1e-6)
             # the source sees the images as loaded (before pasting): a source may cache per dataset image
             pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())
             masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids)
@@ -266,10 +261,13 @@ class FMWISS(Method):
             valid = (pseudo.valid.to(raw.device) | (pasted >= 0)) & inside
 
         outputs = model.forward_outputs(x)
+        student = model.per_pixel_logits(outputs)
+        if student.shape[-2:] != (h, w):  # Mask2Former: stride 4
+            student = F.interpolate(student, size=(h, w), mode="bilinear", align_corners=False)
         losses = {}
         refined = masks
         if self.teacher is not None:
-            t = self.teacher(model.features(x)[self.teacher_feature], (h, w))
+            t = self.teacher(model.pixel_features(outputs), (h, w))
             losses["loss_teacher_bce"] = soft_bce(t["logits"], masks, valid, self._pos_weight(masks, valid))
             if self.contrastive_weight > 0:
                 hard = torch.where(valid, masks.argmax(1), torch.full_like(pasted, -1))
@@ -282,7 +280,7 @@ class FMWISS(Method):
         targets = soft_label_targets(refined, old_probs, self.new_ids, labelled, self.old_weight,
                                      background=model.background_logits[0])
         targets = _one_hot_where(targets, pasted)
-        losses["loss_soft_labels"] = soft_bce(outputs["pred_logits"], targets, inside,
+        losses["loss_soft_labels"] = soft_bce(student, targets, inside,
                                               self._pos_weight(targets, inside) if self.pos_weight_student else None)
         if self.memory_bank is not None:
             self._remember(x_raw, targets, pasted, inside, image_labels)

@@ -110,16 +110,22 @@ def unbiased_distillation(
 
 
 @torch.no_grad()
-def background_init(bg_weight: torch.Tensor, bg_bias: torch.Tensor, num_new: int):
+def background_init(bg_weight: torch.Tensor, bg_bias: torch.Tensor, num_new: int, share: float | None = None):
     """MiB's initialization of ``num_new`` classifiers from the background classifier.
 
-    New weights copy the background weight; new biases and the background bias all become
-    ``bg_bias - log(num_new + 1)``. For any feature, the background logit and each new logit are then the old
-    background logit minus log(n+1), so background + new classes share the old background probability equally
-    and every old-class probability is unchanged. Returns (new_weights, new_biases, new_background_bias).
+    New weights copy the background weight; new biases become ``bg_bias + log(r)`` and the background bias
+    ``bg_bias + log(1 - n r)``, with r = ``share`` (MiB: ``1 / (n + 1)``, both biases then ``bg_bias - log(n+1)``).
+    For any feature the softmax's normaliser is unchanged: each new class takes r of the old background
+    probability, the background keeps 1 - n r of it, and every old-class probability is unchanged.
+    Returns (new_weights, new_biases, new_background_bias).
     """
     if num_new < 1:
         raise ValueError("background_init needs at least one new class")
-    bias = bg_bias - math.log(num_new + 1)
+    r = 1.0 / (num_new + 1) if share is None else float(share)
+    if not 0.0 < r * num_new < 1.0:
+        raise ValueError(f"background_init: the new classes' share of the background ({num_new} x {r}) must be "
+                         "in (0, 1)")
+    bias = bg_bias + math.log(r)
     weights = bg_weight.detach().unsqueeze(0).repeat(num_new, *([1] * bg_weight.dim())).clone()
-    return weights, bias.detach().reshape(1).repeat(num_new).clone(), bias.detach().clone()
+    bg = bg_bias + math.log(1.0 - r * num_new)
+    return weights, bias.detach().reshape(1).repeat(num_new).clone(), bg.detach().clone()

@@ -22,6 +22,11 @@ class SegmentorBase(nn.Module):
     * :meth:`forward_outputs` -- raw predictions; ``outputs["pred_logits"]`` holds the class logits with the
       class axis at :attr:`class_dim`;
     * :meth:`per_pixel_scores` -- per-pixel class probabilities ``(N, K, h, w)`` over the K real classes;
+    * :meth:`per_pixel_logits` -- per-pixel class logits ``(N, K, h, w)`` for a per-class sigmoid (BCE), whose
+      argmax is the model's semantic prediction;
+    * :meth:`pixel_features` -- the per-pixel feature map of the outputs (``pixel_feature_channels`` wide) that a
+      method's own dense head reads;
+    * :meth:`start_new_classes` -- new classes' rows started low without changing the old classes' prediction;
     * :meth:`prepare_targets` and :meth:`losses`, with an injectable class loss (same call as
       ``F.cross_entropy``: class axis 1, keyword ``weight`` and/or ``ignore_index``);
     * :attr:`background_logits` -- the logits that mean "none of this step's foreground classes" (an
@@ -54,6 +59,25 @@ class SegmentorBase(nn.Module):
 
     def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
         """Per-pixel class probabilities ``(N, K, h, w)`` (K real classes) at the outputs' resolution."""
+        raise NotImplementedError
+
+    def per_pixel_logits(self, outputs: Dict) -> torch.Tensor:
+        """Per-pixel class logits ``(N, K, h, w)`` that a per-class sigmoid (BCE) trains; their argmax is the
+        model's semantic prediction."""
+        raise NotImplementedError
+
+    def pixel_features(self, outputs: Dict) -> torch.Tensor:
+        """The per-pixel feature map ``(N, pixel_feature_channels, h, w)`` computed by :meth:`forward_outputs`
+        (for a method's own dense heads, e.g. FMWISS's teacher)."""
+        raise NotImplementedError
+
+    @property
+    def pixel_feature_channels(self) -> int:
+        raise NotImplementedError
+
+    def start_new_classes(self, ids: Sequence[int], prior: float) -> None:
+        """Re-initialises the classifier rows of the classes ``ids`` so that they start at a small probability
+        ``prior`` (in the sense of the family's classifier) and the prediction over the other classes is kept."""
         raise NotImplementedError
 
     @property

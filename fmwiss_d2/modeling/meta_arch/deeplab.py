@@ -1,4 +1,5 @@
 """Per-pixel DeepLabV3 meta-architecture (ResNet, output stride 16, ASPP head)."""
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -95,6 +96,29 @@ class DeepLabV3(SegmentorBase):
     def per_pixel_scores(self, outputs: Dict) -> torch.Tensor:
         """Softmax of the per-pixel logits."""
         return outputs["pred_logits"].float().softmax(1)
+
+    def per_pixel_logits(self, outputs: Dict) -> torch.Tensor:
+        """The raw logits (softmax and sigmoid have the same argmax)."""
+        return outputs["pred_logits"]
+
+    def pixel_features(self, outputs: Dict) -> torch.Tensor:
+        """The backbone's ``in_feature`` map, the one ASPP reads."""
+        return outputs["backbone_features"]
+
+    @property
+    def pixel_feature_channels(self) -> int:
+        return self.backbone.output_shape()[self.in_feature].channels
+
+    def start_new_classes(self, ids: Sequence[int], prior: float) -> None:
+        """Zero weights and bias ``log(prior / (1 - prior))``: each new class's sigmoid is ``prior`` everywhere
+        (RetinaNet's prior initialisation), and the softmax argmax stays the old one wherever an old logit exceeds
+        that bias."""
+        bias = math.log(prior / (1 - prior))
+        with torch.no_grad():
+            for c in ids:
+                layer, row = self.classifier.logit_layer(c)
+                layer.weight[row] = 0.0
+                layer.bias[row] = bias
 
     @property
     def background_logits(self) -> Tuple[int, ...]:

@@ -12,6 +12,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 
 from ..criterion import build_criterion
+from ..losses.mib import background_init
 from .base import ClassLoss, SegmentorBase
 from ..matcher import build_matcher
 from ..pixel_decoder import build_pixel_decoder
@@ -117,6 +118,38 @@ class MaskFormer(SegmentorBase):
         probs = F.softmax(outputs["pred_logits"].float(), dim=-1)[..., :-1]
         return torch.einsum("nqc,nqhw->nchw", probs, outputs["pred_masks"].float().sigmoid())
 
+    def per_pixel_logits(self, outputs: Dict, eps: float = 1e-6) -> torch.Tensor:
+        """``z_k = log(S_k + eps) - log(sum_{j != k} S_j + eps)`` from :meth:`per_pixel_scores` S, so that
+        ``sigmoid(z_k) = S_k / sum_j S_j`` (up to eps): the semantic scores normalised over the classes, the
+        argmax of the semantic inference. Why normalised: S_k sums over queries and exceeds 1 where two queries
+        of one class overlap, so S itself is no probability a BCE can train; the others' sum is taken in place of
+        ``1 - S_k / sum`` so that no difference of near-equal numbers enters the log."""
+        s = self.per_pixel_scores(outputs)
+        others = (s.sum(1, keepdim=True) - s).clamp_min(0.0)
+        return torch.log(s + eps) - torch.log(others + eps)
+
+    def pixel_features(self, outputs: Dict) -> torch.Tensor:
+        """The pixel decoder's mask features (stride 4), the per-pixel map every query's mask is read from."""
+        return outputs["mask_features"]
+
+    @property
+    def pixel_feature_channels(self) -> int:
+        return self.pixel_decoder.mask_dim
+
+    def start_new_classes(self, ids: Sequence[int], prior: float) -> None:
+        """The new rows copy "no object" and take ``prior`` of its probability in every query
+        (:func:`~fmwiss_d2.modeling.losses.mib.background_init` with share ``prior``): the softmax's normaliser is
+        unchanged, so every query's old-class probabilities, and the semantic scores of the old classes, are
+        exactly the old ones; a new class starts at ``prior`` x each query's no-object probability."""
+        no_object, row = self.classifier.logit_layer(-1)
+        weights, biases, bias = background_init(no_object.weight[row], no_object.bias[row], len(ids), share=prior)
+        with torch.no_grad():
+            for c, w, b in zip(ids, weights, biases):
+                layer, r = self.classifier.logit_layer(c)
+                layer.weight[r] = w
+                layer.bias[r] = b
+            no_object.bias[row] = bias
+
     @property
     def background_logits(self) -> Tuple[int, ...]:
         """The background class (id 0) and "no object" (the last logit): an unmatched query may be an old object
@@ -130,10 +163,11 @@ class MaskFormer(SegmentorBase):
 
     def forward_outputs(self, images: torch.Tensor) -> Dict:
         """Raw predictions for a normalised, padded batch (N, 3, H, W): ``pred_logits`` (N, Q, K+1),
-        ``pred_masks`` (N, Q, H/4, W/4), ``pred_embeddings`` and ``aux_outputs``."""
+        ``pred_masks`` (N, Q, H/4, W/4), ``pred_embeddings``, ``aux_outputs`` and ``mask_features`` (N, mask_dim,
+        H/4, W/4), the pixel decoder's output."""
         features = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(features)
-        return self.transformer_decoder(multi_scale, mask_features)
+        return {**self.transformer_decoder(multi_scale, mask_features), "mask_features": mask_features}
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Per image ``labels`` (M,) and ``masks`` (M, H_pad, W_pad) from ``instances`` (gt_classes, gt_masks)."""
