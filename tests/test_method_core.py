@@ -277,6 +277,28 @@ def test_stages_run_once_rerun_on_a_new_key_and_are_stamped_only_when_finished(t
         run_stages([lost])
 
 
+def test_a_stage_key_changes_when_its_config_or_a_base_file_is_edited(tmp_path):
+    """Editing the config file, or a file it inherits through ``_BASE_``, must rerun the stages that used it."""
+    from argparse import Namespace
+
+    from fmwiss_d2.engine.protocol import stage_key
+
+    (tmp_path / "base").mkdir()
+    base = tmp_path / "base" / "Base.yaml"
+    base.write_text("SOLVER:\n  MAX_ITER: 800\n")
+    child = tmp_path / "run.yaml"
+    child.write_text("_BASE_: base/Base.yaml\nSEED: 1\n")
+    args = Namespace(config_file=str(child), opts=["SEED", "2"])
+    key = stage_key(args, ["OUTPUT_DIR", "x"])
+    assert stage_key(args, ["OUTPUT_DIR", "x"]) == key  # nothing edited: the same key
+    assert key["opts"] == ["SEED", "2", "OUTPUT_DIR", "x"]
+    base.write_text("SOLVER:\n  MAX_ITER: 150\n")
+    key2 = stage_key(args, ["OUTPUT_DIR", "x"])
+    assert key2["config_digest"] != key["config_digest"]
+    child.write_text("_BASE_: base/Base.yaml\nSEED: 3\n")
+    assert stage_key(args, ["OUTPUT_DIR", "x"])["config_digest"] not in (key["config_digest"], key2["config_digest"])
+
+
 def test_schedule_reads_the_iteration_from_one_place():
     from fmwiss_d2.methods import Method, cosine_schedule
 

@@ -84,9 +84,36 @@ def run_stages(stages: Sequence[Stage]) -> List[str]:
     return status
 
 
+def config_digest(path: str) -> str:
+    """SHA-256 of a config file's text and of every ``_BASE_`` file it inherits, in order: editing any of them
+    changes what a stage runs, so its key must change too (the path alone would reuse stale outputs)."""
+    import hashlib
+
+    import yaml
+
+    digest, seen, todo = hashlib.sha256(), set(), [os.path.abspath(path)]
+    while todo:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        with open(current, "rb") as f:
+            text = f.read()
+        digest.update(current.encode() + b"\0" + text + b"\0")
+        try:
+            base = (yaml.safe_load(text) or {}).get("_BASE_")
+        except yaml.YAMLError:  # a python tag (detectron2 allows them): its own text is still hashed
+            base = None
+        if isinstance(base, str) and not base.startswith(("http://", "https://")):
+            todo.append(os.path.normpath(os.path.join(os.path.dirname(current), base)))
+    return digest.hexdigest()[:16]
+
+
 def stage_key(args, opts: Sequence[str]) -> dict:
-    """What a protocol stage runs: the config file and every option it adds (a change reruns the stage)."""
-    return {"config": os.path.abspath(args.config_file), "opts": list(args.opts) + list(opts)}
+    """What a protocol stage runs: the config file (path and content, with its bases) and every option it adds;
+    a change of any of them reruns the stage."""
+    return {"config": os.path.abspath(args.config_file), "config_digest": config_digest(args.config_file),
+            "opts": list(args.opts) + list(opts)}
 
 
 # ------------------------------------------------------------------------------------------------- variants
