@@ -278,6 +278,7 @@ def _add_dupl_config(cfg):
     c.GMM_MIN_PIXELS = 1000  # an image with fewer foreground pixels to fit is clean
     c.GMM_MIN_LOSS = 0.1  # per-pixel losses <= this are left out of the fit (already-fitted pixels)
     c.GMM_ITERS = 20  # EM iterations per fit
+    c.GMM_PER_CLASS = False  # one mixture per (image, labelled class) instead of per image (the paper's)
     c.CLS_WEIGHT = 1.0  # multi-label classification loss (the CAMs' signal)
     c.SEG_WEIGHT = 0.2  # cross pseudo-label segmentation loss
     c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)
