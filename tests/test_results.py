@@ -147,6 +147,15 @@ def test_readers_on_hand_written_files(tmp_path):
     log = tmp_path / "command0.log"
     log.write_text('loading\n{"a": 1}\n{"clip_zero_shot_top1": 0.9, "x": {"y": 2}}\ndone\n')
     assert results.READERS["last_json_line"](str(log)) == {"clip_zero_shot_top1": 0.9, "x/y": 2}
+    variants = tmp_path / "summary.json"
+    variants.write_text(json.dumps({"config": "c.yaml", "metrics": ["sem_seg/mIoU"], "rows": [
+        {"variant": "DuPL", "dataset": "test", "sem_seg/mIoU": 60.0},
+        {"variant": "FullySupervised", "dataset": "test", "sem_seg/mIoU": 75.0},
+        {"variant": "NoGMM", "dataset": "test", "sem_seg/mIoU": None}]}))
+    got = results.READERS["variants_summary"](str(variants))
+    assert got == pytest.approx({"DuPL/test/sem_seg/mIoU": 60.0, "FullySupervised/test/sem_seg/mIoU": 75.0,
+                                 "DuPL % of FullySupervised/test/sem_seg/mIoU": 80.0,  # 60 / 75
+                                 "FullySupervised % of DuPL/test/sem_seg/mIoU": 125.0})
 
 
 def test_builtin_tables_point_at_real_files():
