@@ -149,6 +149,7 @@ def _add_model_config(cfg):
     cfg.MODEL.TINY.STEM_WIDTH = 24  # channels of the stride-4 stem
     cfg.MODEL.TINY.NORM = "BN"  # normalization ("BN", "GN", "SyncBN", "FrozenBN", "")
     cfg.MODEL.TINY.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
+    cfg.MODEL.TINY.DILATIONS = [1, 1, 1, 1]  # per stage; > 1 keeps the stride, dilates instead ([1, 1, 2, 4]: stride 8)
 
     # DeepLabV3 per-pixel model (meta-architecture "DeepLabV3"); ResNet keys as in detectron2's DeepLab project.
     cfg.MODEL.DEEPLAB = CN()
