@@ -150,6 +150,7 @@ def _add_model_config(cfg):
     cfg.MODEL.TINY.STEM_WIDTH = 24  # channels of the stride-4 stem
     cfg.MODEL.TINY.NORM = "BN"  # normalization ("BN", "GN", "SyncBN", "FrozenBN", "")
     cfg.MODEL.TINY.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # returned stages
+    cfg.MODEL.TINY.DILATIONS = [1, 1, 1, 1]  # per stage; > 1 keeps the stride, dilates instead ([1, 1, 2, 4]: stride 8)
 
     # DeepLabV3 per-pixel model (meta-architecture "DeepLabV3"); ResNet keys as in detectron2's DeepLab project.
     cfg.MODEL.DEEPLAB = CN()
@@ -279,6 +280,7 @@ def _add_dupl_config(cfg):
     c.GMM_MIN_PIXELS = 1000  # an image with fewer foreground pixels to fit is clean
     c.GMM_MIN_LOSS = 0.1  # per-pixel losses <= this are left out of the fit (already-fitted pixels)
     c.GMM_ITERS = 20  # EM iterations per fit
+    c.GMM_PER_CLASS = False  # one mixture per (image, labelled class) instead of per image (the paper's)
     c.CLS_WEIGHT = 1.0  # multi-label classification loss (the CAMs' signal)
     c.SEG_WEIGHT = 0.2  # cross pseudo-label segmentation loss
     c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)

@@ -324,3 +324,38 @@ def test_the_noise_filter_drops_the_high_loss_foreground_labels_only(tmp_path):
     dropped = out == 255
     assert (dropped == bad).float().mean() > 0.99
     assert not method.filter_noise(logits, torch.where(bad, torch.tensor(255), labels)).eq(255).logical_and(~bad).any()
+
+
+def test_the_per_class_noise_filter_keeps_a_hard_class_that_the_per_image_one_drops(tmp_path):
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(1, 30, 20, dtype=torch.long)
+    labels[0, :15] = 4  # an easy class: 300 pixels, 100 of them mislabelled (rows 0-4)
+    labels[0, 15:25] = 7  # a hard class the head has not learnt: 200 pixels, every loss ~2.5
+    bad = torch.zeros(1, 30, 20, dtype=torch.bool)
+    bad[0, :5] = True
+    # logit a on the labelled class, 0 elsewhere: CE = log(10 + e^a) - a: ~0.3 at a = 3.35, ~4 at a = -1.68,
+    # ~2.5 at a = -0.11
+    a = torch.full((1, 30, 20), 3.35)
+    a = torch.where(bad, torch.tensor(-1.68), a)
+    a = torch.where(labels == 7, torch.tensor(-0.11), a) + 0.1 * torch.randn(1, 30, 20, generator=g)
+    logits = torch.zeros(1, 11, 30, 20)
+    logits.scatter_(1, labels[:, None], a[:, None])
+    logits[:, 0] = torch.where(labels[0] == 0, torch.tensor(5.0), logits[0, 0])
+    dropped = {}
+    for per_class in ("False", "True"):
+        cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.DUAL", "False", "METHOD.DUPL.GMM_MIN_PIXELS", "10",
+                        "METHOD.DUPL.GMM_PER_CLASS", per_class)
+        method = build_method(cfg, build_model(cfg))
+        out = method.filter_noise(logits, labels.clone())
+        assert torch.equal(out[labels == 0], labels[labels == 0])  # background never dropped
+        dropped[per_class] = out == 255
+    hard = labels == 7
+    # per image: the hard class sits in the high-loss component with the mislabelled pixels and is dropped
+    assert dropped["False"][hard].float().mean() > 0.99
+    # per class: the hard class is one cluster (mean gap < eta), kept; the easy class loses its bad pixels only
+    assert not dropped["True"][hard].any()
+    assert (dropped["True"][labels == 4] == bad[labels == 4]).float().mean() > 0.99

@@ -144,17 +144,18 @@ def test_readers_on_hand_written_files(tmp_path):
     assert results.READERS["incremental_summary"](str(summary)) == {
         "MiB/mIoU_old": 70.0, "MiB/mIoU_new": 40.0, "MiB/mIoU_all": 60.0,
         "Joint/mIoU_old": 75.0, "Joint/mIoU_new": 65.0, "Joint/mIoU_all": 72.0}
-    comparison = tmp_path / "comparison.json"  # run_variants / run_zero_shot: one row per (variant, dataset)
-    comparison.write_text(json.dumps({"config": "c.yaml", "metrics": ["sem_seg/mIoU", "PQ"], "rows": [
-        {"variant": "A", "dataset": "val", "sem_seg/mIoU": 50.0, "PQ": None},
-        {"variant": "A", "dataset": "test", "sem_seg/mIoU": 49.0, "PQ": 30.0},
-        {"variant": "B", "dataset": "test", "sem_seg/mIoU": 20.0, "PQ": 10.0}]}))
-    assert results.READERS["comparison"](str(comparison)) == {
-        "A/val/sem_seg/mIoU": 50.0, "A/val/PQ": None, "A/test/sem_seg/mIoU": 49.0, "A/test/PQ": 30.0,
-        "B/test/sem_seg/mIoU": 20.0, "B/test/PQ": 10.0}
     log = tmp_path / "command0.log"
     log.write_text('loading\n{"a": 1}\n{"clip_zero_shot_top1": 0.9, "x": {"y": 2}}\ndone\n')
     assert results.READERS["last_json_line"](str(log)) == {"clip_zero_shot_top1": 0.9, "x/y": 2}
+    variants = tmp_path / "summary.json"
+    variants.write_text(json.dumps({"config": "c.yaml", "metrics": ["sem_seg/mIoU"], "rows": [
+        {"variant": "DuPL", "dataset": "test", "sem_seg/mIoU": 60.0},
+        {"variant": "FullySupervised", "dataset": "test", "sem_seg/mIoU": 75.0},
+        {"variant": "NoGMM", "dataset": "test", "sem_seg/mIoU": None}]}))
+    got = results.READERS["variants_summary"](str(variants))
+    assert got == pytest.approx({"DuPL/test/sem_seg/mIoU": 60.0, "FullySupervised/test/sem_seg/mIoU": 75.0,
+                                 "DuPL % of FullySupervised/test/sem_seg/mIoU": 80.0,  # 60 / 75
+                                 "FullySupervised % of DuPL/test/sem_seg/mIoU": 125.0})
 
 
 def test_builtin_tables_point_at_real_files():

@@ -85,7 +85,7 @@ class DuPL(Method):
                  tau_h_end: Sequence[float], dynamic_threshold: bool, seg_start_iter: int, threshold_start_iter: int,
                  threshold_end_iter: int,
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
-                 gmm_min_loss: float, gmm_iters: int, cls_weight: float, seg_weight: float,
+                 gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, cls_weight: float, seg_weight: float,
                  discrepancy_weight: float, consistency_weight: float, consistency_confidence: float):
         """
         Args:
@@ -100,7 +100,7 @@ class DuPL(Method):
             seg_start_iter: iteration from which the segmentation heads are supervised (CAM warm-up before).
             noise_filter / gmm_*: the adaptive noise filter from ``gmm_start_iter`` (posterior cut-off gamma,
                 minimum mean gap eta, minimum pixels to fit, losses <= ``gmm_min_loss`` left out of the fit,
-                EM iterations).
+                EM iterations); ``gmm_per_class``: one mixture per (image, labelled class) instead of per image.
             *_weight: loss weights (cls, seg, discrepancy, consistency; 0 switches a term off).
             consistency_confidence: the plain-view prediction used as consistency target where its top
                 probability reaches this.
@@ -128,6 +128,7 @@ class DuPL(Method):
         self.gmm_start_iter = gmm_start_iter
         self.gmm = dict(gamma=gmm_gamma, eta=gmm_eta, min_pixels=gmm_min_pixels, iters=gmm_iters)
         self.gmm_min_loss = gmm_min_loss
+        self.gmm_per_class = gmm_per_class
         self.weights = dict(cls=cls_weight, seg=seg_weight, dis=discrepancy_weight, reg=consistency_weight)
         self.consistency_confidence = consistency_confidence
 
@@ -146,6 +147,7 @@ class DuPL(Method):
             "noise_filter": c.NOISE_FILTER,
             "gmm_start_iter": c.GMM_START_ITER, "gmm_gamma": c.GMM_GAMMA, "gmm_eta": c.GMM_ETA,
             "gmm_min_pixels": c.GMM_MIN_PIXELS, "gmm_min_loss": c.GMM_MIN_LOSS, "gmm_iters": c.GMM_ITERS,
+            "gmm_per_class": c.GMM_PER_CLASS,
             "cls_weight": c.CLS_WEIGHT, "seg_weight": c.SEG_WEIGHT, "discrepancy_weight": c.DISCREPANCY_WEIGHT,
             "consistency_weight": c.CONSISTENCY_WEIGHT, "consistency_confidence": c.CONSISTENCY_CONFIDENCE,
         }
@@ -182,12 +184,27 @@ class DuPL(Method):
 
     def filter_noise(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``labels`` with the foreground pixels the GMM calls noisy set to ignore (the per-pixel losses are
-        those of the same student's segmentation head against its own CAM labels, as in the public code)."""
+        those of the same student's segmentation head against its own CAM labels, as in the public code).
+
+        Per image (the paper), or with ``gmm_per_class`` per (image, class): one mixture over the pixels of
+        each labelled class. Why: in an image holding an easy and a hard class, a per-image mixture puts the
+        whole hard object in the high-loss component and drops it, so a class the head has not learnt yet
+        loses its labels every step and is never learnt (on the shapes world, triangles and diamonds); per class,
+        only the pixels that disagree with the rest of their own object are dropped."""
         n = labels.shape[0]
         with torch.no_grad():
             loss = F.cross_entropy(logits.detach().float(), labels, ignore_index=self.ignore_label, reduction="none")
         foreground = (labels != 0) & (labels != self.ignore_label)
-        noisy = gmm_noise_filter(loss.view(n, -1), (foreground & (loss > self.gmm_min_loss)).view(n, -1), **self.gmm)
+        fit = (foreground & (loss > self.gmm_min_loss)).view(n, -1)
+        loss = loss.view(n, -1)
+        if not self.gmm_per_class:
+            noisy = gmm_noise_filter(loss, fit, **self.gmm)
+        else:
+            classes = torch.arange(1, self.num_classes, device=labels.device)
+            member = labels.view(n, 1, -1) == classes[None, :, None]  # (N, K-1, P)
+            rows = gmm_noise_filter(loss[:, None].expand_as(member).reshape(-1, loss.shape[1]),
+                                    (member & fit[:, None]).reshape(-1, loss.shape[1]), **self.gmm)
+            noisy = (rows.view_as(member) & member).any(1)
         return torch.where(noisy.view_as(labels) & foreground, torch.full_like(labels, self.ignore_label), labels)
 
     def consistency_target(self, logits: torch.Tensor, supervising: torch.Tensor, theta) -> torch.Tensor:
