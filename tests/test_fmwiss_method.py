@@ -209,3 +209,27 @@ def test_a_fresh_step_predicts_what_the_old_model_did(task, tmp_path):
     assert torch.equal(new.argmax(1), old.argmax(1))
     assert torch.allclose(new[:, 7:].sigmoid(), torch.full_like(new[:, 7:], 0.02), atol=1e-6)
     assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)
+
+
+def test_the_new_rows_learn_at_their_own_rate(task, tmp_path):
+    """``NEW_ROWS_LR_MULTIPLIER`` reaches the optimizer: the student's new-class rows (and only they) get the step's
+    rate times it; the old rows keep the step's rate and the teacher its own multiplier."""
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune"))
+    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_ROWS_LR_MULTIPLIER", "7.0",
+                "METHOD.FMWISS.TEACHER_LR_MULTIPLIER", "3.0")
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)
+    method = trainer._trainer.model
+    lr = {p: g["lr"] for g in trainer._trainer.optimizer.param_groups for p in g["params"]}
+    base = cfg1.SOLVER.BASE_LR
+    new_layer = method.model.classifier.cls[1]
+    assert new_layer.out_features == 4
+    for p in new_layer.parameters():
+        assert lr[p] == pytest.approx(base * 7.0)
+    for p in method.model.classifier.cls[0].parameters():
+        assert lr[p] == pytest.approx(base)
+    for p in method.teacher.parameters():
+        assert lr[p] == pytest.approx(base * 3.0)
+
