@@ -233,3 +233,21 @@ def test_the_new_rows_learn_at_their_own_rate(task, tmp_path):
     for p in method.teacher.parameters():
         assert lr[p] == pytest.approx(base * 3.0)
 
+
+
+def test_the_shapes_config_names_the_wilson_baseline_and_the_ablations():
+    """The protocol's named variants of the shapes config: WILSON is FMWISS's training with the localizer's pseudo
+    masks; each ablation changes one key of the method."""
+    from fmwiss_d2.engine.launch import load_config
+    from fmwiss_d2.engine.protocol import resolve_variant
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "shapes", "fmwiss_deeplabv3.yaml"), [])
+    expected = {"WILSON": ("METHOD.FMWISS.SOURCE", "Localizer"), "FMWISS-noteacher": ("METHOD.FMWISS.TEACHER", "False"),
+                "FMWISS-nocontrastive": ("METHOD.FMWISS.CONTRASTIVE_WEIGHT", "0.0"),
+                "FMWISS-nocopypaste": ("METHOD.FMWISS.COPY_PASTE", "False"),
+                "FMWISS-CLIP": ("METHOD.FMWISS.SOURCE", "CLIPSource")}
+    for name, opts in expected.items():
+        v = resolve_variant(name, cfg)
+        assert (v.method, v.transform, v.opts) == ("FMWISS", "", opts), name
+    assert cfg.METHOD.FMWISS.SOURCE == "CoSegmentation"
