@@ -251,6 +251,7 @@ def _add_fmwiss_config(cfg):
     c.CONTRASTIVE_PIXELS = 1024  # pixels drawn per batch for the contrastive loss (its cost is quadratic)
     c.OLD_WEIGHT = 0.5  # old classes' soft labels: OLD_WEIGHT * old model + (1 - OLD_WEIGHT) * teacher
     c.NEW_CLASS_PRIOR = 0.01  # new classes' probability at a step's start (model.start_new_classes; teacher: bias = its logit)
+    c.NEW_ROWS_LR_MULTIPLIER = 1.0  # the student's new-class rows learn at SOLVER.BASE_LR * this (they start at the prior)
     c.POS_WEIGHT_MAX = 0.0  # > 0: each class's BCE positives weighted by its batch's negative / positive mass, capped; 0 = off
     c.POS_WEIGHT_STUDENT = True  # the POS_WEIGHT_MAX weights also in the student's BCE (False: the teacher's only)
     c.COPY_PASTE = True  # memory-based copy-paste of old-class instances into the step's images

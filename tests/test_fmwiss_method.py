@@ -327,3 +327,43 @@ def test_a_weak_step_learns_from_a_dupl_model_through_the_source_key(task, tmp_p
     assert pseudo.scores[:, 1:7].sum() == 0 and pseudo.scores[:, 7:].sum() > 0  # DuPL's, on the new classes only
     expected = soft_bce(t, masks, pseudo.valid)
     assert torch.allclose(losses["loss_teacher_bce"].detach(), expected, rtol=1e-5)
+def test_the_new_rows_learn_at_their_own_rate(task, tmp_path):
+    """``NEW_ROWS_LR_MULTIPLIER`` reaches the optimizer: the student's new-class rows (and only they) get the step's
+    rate times it; the old rows keep the step's rate and the teacher its own multiplier."""
+    from fmwiss_d2.engine import Trainer
+
+    _train(_cfg(0, tmp_path, "Finetune"))
+    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_ROWS_LR_MULTIPLIER", "7.0",
+                "METHOD.FMWISS.TEACHER_LR_MULTIPLIER", "3.0")
+    trainer = Trainer(cfg1)
+    trainer.resume_or_load(resume=False)
+    method = trainer._trainer.model
+    lr = {p: g["lr"] for g in trainer._trainer.optimizer.param_groups for p in g["params"]}
+    base = cfg1.SOLVER.BASE_LR
+    new_layer = method.model.classifier.cls[1]
+    assert new_layer.out_features == 4
+    for p in new_layer.parameters():
+        assert lr[p] == pytest.approx(base * 7.0)
+    for p in method.model.classifier.cls[0].parameters():
+        assert lr[p] == pytest.approx(base)
+    for p in method.teacher.parameters():
+        assert lr[p] == pytest.approx(base * 3.0)
+
+
+
+def test_the_shapes_config_names_the_wilson_baseline_and_the_ablations():
+    """The protocol's named variants of the shapes config: WILSON is FMWISS's training with the localizer's pseudo
+    masks; each ablation changes one key of the method."""
+    from fmwiss_d2.engine.launch import load_config
+    from fmwiss_d2.engine.protocol import resolve_variant
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "shapes", "fmwiss_deeplabv3.yaml"), [])
+    expected = {"WILSON": ("METHOD.FMWISS.SOURCE", "Localizer"), "FMWISS-noteacher": ("METHOD.FMWISS.TEACHER", "False"),
+                "FMWISS-nocontrastive": ("METHOD.FMWISS.CONTRASTIVE_WEIGHT", "0.0"),
+                "FMWISS-nocopypaste": ("METHOD.FMWISS.COPY_PASTE", "False"),
+                "FMWISS-CLIP": ("METHOD.FMWISS.SOURCE", "CLIPSource")}
+    for name, opts in expected.items():
+        v = resolve_variant(name, cfg)
+        assert (v.method, v.transform, v.opts) == ("FMWISS", "", opts), name
+    assert cfg.METHOD.FMWISS.SOURCE == "CoSegmentation"

@@ -162,7 +162,7 @@ def test_builtin_tables_point_at_real_files():
     """Every registered table reads with a known reader, runs files of this checkout and shows paper numbers only
     for its own columns."""
     assert {"mask2former_semantic", "mask2former_panoptic", "mib_deeplabv3_6-4", "mib_deeplabv3_6-2-2",
-            "mib_mask2former_6-4", "foundation"} <= set(results.TABLES)
+            "mib_mask2former_6-4", "foundation", "fmwiss_6-4"} <= set(results.TABLES)
     for table in results.TABLES.values():
         assert table.reader in results.READERS and table.seeds == (0, 1, 2)
         assert set(table.paper) <= {c for c, _ in table.metrics}

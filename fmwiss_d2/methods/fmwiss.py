@@ -58,7 +58,8 @@ class FMWISS(Method):
     def __init__(self, model, *, task=None, step: int = 0, max_iter: int = 0, source: str,
                  teacher: PluginTeacher | None, teacher_warmup: float,
                  contrastive_weight: float, contrastive_temperature: float, contrastive_pixels: int,
-                 old_weight: float, new_class_prior: float = 0.01, pos_weight_max: float = 0.0,
+                 old_weight: float, new_class_prior: float = 0.01, new_rows_lr_multiplier: float = 1.0,
+                 pos_weight_max: float = 0.0,
                  pos_weight_student: bool = True,
                  memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
                  identity: Dict | None):
@@ -73,6 +74,9 @@ class FMWISS(Method):
             old_weight: old classes' soft labels = old_weight * old model + (1 - old_weight) * teacher.
             new_class_prior: the new classes' probability when a step starts (the model's
                 :meth:`start_new_classes`; the teacher's rows: zero weights, bias = its logit).
+            new_rows_lr_multiplier: the student's new-class rows learn at this times the step's rate: from the
+                prior's logit, at the step's rate (AdamW moves a weight about lr per iteration), a short weak
+                step cannot carry them up to the old classes' logits.
             pos_weight_max: > 0: the teacher's and the student's BCE weigh each class's positives by its
                 batch's negative / positive mass, capped at this (:func:`balanced_positive_weight`); 0: plain BCE.
             pos_weight_student: False: the weights apply to the teacher's BCE only.
@@ -89,6 +93,8 @@ class FMWISS(Method):
         self.contrastive_pixels = contrastive_pixels
         self.old_weight = old_weight
         self.new_class_prior = new_class_prior
+        if self.new_ids:  # the step's new classes are one layer of the IncrementalClassifier; the optimizer reads it
+            model.classifier.logit_layer(self.new_ids[0])[0].lr_multiplier = new_rows_lr_multiplier
         self.pos_weight_max = pos_weight_max
         self.pos_weight_student = pos_weight_student
         self.memory_bank = memory_bank
@@ -104,6 +110,8 @@ class FMWISS(Method):
             raise MethodConfigError(f"METHOD.FMWISS.OLD_WEIGHT must be in [0, 1], not {c.OLD_WEIGHT}")
         if not 0.0 < c.NEW_CLASS_PRIOR < 1.0:
             raise MethodConfigError(f"METHOD.FMWISS.NEW_CLASS_PRIOR must be in (0, 1), not {c.NEW_CLASS_PRIOR}")
+        if not c.NEW_ROWS_LR_MULTIPLIER > 0:
+            raise MethodConfigError(f"METHOD.FMWISS.NEW_ROWS_LR_MULTIPLIER must be > 0, not {c.NEW_ROWS_LR_MULTIPLIER}")
         if c.POS_WEIGHT_MAX != 0 and c.POS_WEIGHT_MAX < 1:
             raise MethodConfigError(f"METHOD.FMWISS.POS_WEIGHT_MAX must be 0 (plain BCE) or >= 1, "
                                     f"not {c.POS_WEIGHT_MAX}")
@@ -124,7 +132,7 @@ class FMWISS(Method):
             "teacher": teacher, "teacher_warmup": c.TEACHER_WARMUP,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT, "contrastive_temperature": c.CONTRASTIVE_TEMPERATURE,
             "contrastive_pixels": c.CONTRASTIVE_PIXELS, "old_weight": c.OLD_WEIGHT,
-            "new_class_prior": c.NEW_CLASS_PRIOR,
+            "new_class_prior": c.NEW_CLASS_PRIOR, "new_rows_lr_multiplier": c.NEW_ROWS_LR_MULTIPLIER,
             "pos_weight_max": c.POS_WEIGHT_MAX, "pos_weight_student": c.POS_WEIGHT_STUDENT,
             "memory_bank": bank,
             "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE, "identity": identity,

@@ -488,3 +488,24 @@ register_table(Table(
     paper={"DuPL": 69.9}, paper_source="DuPL ViT-B/16, Pascal VOC 2012 val mIoU (paper); not the synthetic world",
     notes="Recipe chosen on val (docs/dupl.md); the ablations are the `PROTOCOL.VARIANTS` of configs/shapes/dupl.yaml.",
 ))
+
+
+_FMWISS_METHODS = ("FMWISS", "WILSON", "MiB-pixel", "FMWISS-noteacher", "FMWISS-nocontrastive", "FMWISS-nocopypaste",
+                   "FMWISS-CLIP")
+register_table(Table(
+    name="fmwiss_6-4",
+    title="Weakly incremental shapes_6-4 (overlap; new classes from image labels): FMWISS vs the WILSON-style "
+          "localizer, its ablations and MiB with pixel labels, mIoU % old / new / all "
+          "(configs/shapes/fmwiss_deeplabv3.yaml)",
+    commands=(_INCREMENTAL + ("--config-file", "configs/shapes/fmwiss_deeplabv3.yaml",
+                              "--methods", ",".join(_FMWISS_METHODS), "SEED", "{seed}", "OUTPUT_DIR", "{out}"),),
+    reader="incremental_summary", result_file="shapes_6-4_overlap/summary.json",
+    metrics=tuple((f"{m} {part}", f"{m}/mIoU_{part}") for m in _FMWISS_METHODS for part in ("old", "new", "all")),
+    paper={"FMWISS all": 73.3, "WILSON old": 74.2, "WILSON new": 41.7, "WILSON all": 67.2,
+           "MiB-pixel old": 75.5, "MiB-pixel new": 49.4, "MiB-pixel all": 69.0},
+    paper_source="Pascal VOC 2012 15-5 overlapped, DeepLabV3 ResNet-101: FMWISS (CVPR 2023; all classes only; "
+                 "70.7 disjoint), WILSON (CVPR 2022, Table 1), MiB with pixel labels (CVPR 2020, Table 1); "
+                 "not the synthetic world",
+    notes="WILSON = FMWISS's training with the `Localizer` source (a CAM head on the old model), not WILSON's own "
+          "method. " + _INCREMENTAL_NOTE,
+))
