@@ -14,15 +14,13 @@ $DETECTRON2_DATASETS or ./datasets.
 import argparse
 import functools
 import os
-from multiprocessing import Pool
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from fmwiss_d2.data.datasets.coco import COCO_SECTION, coco_stuff_lut, stuff_sem_seg_dir
-from fmwiss_d2.data.datasets.voc import dataset_not_found, write_mask_png
+from fmwiss_d2.data.datasets.voc import dataset_not_found, run_jobs, write_mask_png
 
 
 def raw_stuff_dir(root: str, split: str) -> str:
@@ -56,16 +54,7 @@ def convert_split(root: str, split: str, *, workers: int = 4, overwrite: bool = 
             continue
         jobs.append((os.path.join(src_dir, name), dst))
     convert = functools.partial(_convert_one, lut=coco_stuff_lut())
-    progress = tqdm(total=len(jobs), desc=f"stuffthingmaps_detectron2/{split}2017", unit="img")
-    if workers > 1 and len(jobs) > 1:
-        with Pool(workers) as pool:
-            for _ in pool.imap_unordered(convert, jobs, chunksize=16):
-                progress.update()
-    else:
-        for job in jobs:
-            convert(job)
-            progress.update()
-    progress.close()
+    run_jobs(convert, jobs, workers=workers, desc=f"stuffthingmaps_detectron2/{split}2017")
     return len(jobs), skipped
 
 

@@ -15,12 +15,10 @@ import argparse
 import functools
 import json
 import os
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from fmwiss_d2.data.datasets.coco import (
     COCO_SECTION,
@@ -28,7 +26,7 @@ from fmwiss_d2.data.datasets.coco import (
     things_category_to_label,
     things_sem_seg_dir,
 )
-from fmwiss_d2.data.datasets.voc import dataset_not_found, write_mask_png
+from fmwiss_d2.data.datasets.voc import dataset_not_found, run_jobs, write_mask_png
 
 
 def _convert_one(job: Tuple[str, str, list], category_to_label: Dict[int, int], crowd_ignore: bool):
@@ -71,16 +69,7 @@ def convert_split(
     convert = functools.partial(
         _convert_one, category_to_label=category_to_label, crowd_ignore=crowd_ignore
     )
-    progress = tqdm(total=len(jobs), desc=f"things_sem_seg_{split}2017", unit="img")
-    if workers > 1 and len(jobs) > 1:
-        with Pool(workers) as pool:
-            for _ in pool.imap_unordered(convert, jobs, chunksize=16):
-                progress.update()
-    else:
-        for job in jobs:
-            convert(job)
-            progress.update()
-    progress.close()
+    run_jobs(convert, jobs, workers=workers, desc=f"things_sem_seg_{split}2017")
     return len(jobs), skipped
 
 

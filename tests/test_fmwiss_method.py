@@ -197,37 +197,13 @@ def test_the_teacher_starts_as_the_previous_steps_head(task, tmp_path):
     assert torch.allclose(t[:, :7], old, atol=1e-4)  # the old classes' logits, as the previous step had them
 
 
-def test_a_fresh_step_predicts_what_the_old_model_did(task, tmp_path):
-    """The new classes start at zero weights and the prior's logit: before any weak-step iteration the student's
-    argmax over all classes is the old model's, and the teacher's and student's new classes answer the prior."""
+def _fresh_step_outputs(tmp_path, family: dict):
+    """A Finetune step 0, then an FMWISS step 1 (prior 0.02) before any iteration: the method, and the old model's,
+    the student's and the teacher's outputs on 4 random images."""
     from fmwiss_d2.engine import Trainer
 
-    _train(_cfg(0, tmp_path, "Finetune"))
-    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_CLASS_PRIOR", "0.02")
-    trainer = Trainer(cfg1)
-    trainer.resume_or_load(resume=False)
-    method = trainer._trainer.model.eval()
-    torch.manual_seed(0)
-    x = torch.rand(4, 3, 64, 64) * 255
-    with torch.no_grad():
-        images = (x - method.model.pixel_mean) / method.model.pixel_std
-        old = method.old_model.forward_outputs(images)["pred_logits"]
-        new = method.model.forward_outputs(images)["pred_logits"]
-        t = method.teacher(method.model.pixel_features(method.model.forward_outputs(images)), (64, 64))["logits"]
-    assert torch.equal(new.argmax(1), old.argmax(1))
-    assert torch.allclose(new[:, 7:].sigmoid(), torch.full_like(new[:, 7:], 0.02), atol=1e-6)
-    assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)
-
-
-def test_a_fresh_mask2former_step_predicts_what_the_old_model_did(task, tmp_path):
-    """On Mask2Former the new rows take the prior's share of "no object" in every query: each query's old-class
-    probabilities are exactly the old model's, each new class gets prior x the old no-object probability, and the
-    semantic prediction (argmax of the per-pixel scores) is the old model's."""
-    from fmwiss_d2.engine import Trainer
-
-    _train(_cfg(0, tmp_path, "Finetune", config=M2F))
-    cfg1 = _cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_CLASS_PRIOR", "0.02", config=M2F)
-    trainer = Trainer(cfg1)
+    _train(_cfg(0, tmp_path, "Finetune", **family))
+    trainer = Trainer(_cfg(1, tmp_path, "FMWISS", "METHOD.FMWISS.NEW_CLASS_PRIOR", "0.02", **family))
     trainer.resume_or_load(resume=False)
     method = trainer._trainer.model.eval()
     torch.manual_seed(0)
@@ -237,6 +213,24 @@ def test_a_fresh_mask2former_step_predicts_what_the_old_model_did(task, tmp_path
         old = method.old_model.forward_outputs(images)
         new = method.model.forward_outputs(images)
         t = method.teacher(method.model.pixel_features(new), (64, 64))["logits"]
+    return method, old, new, t
+
+
+def test_a_fresh_step_predicts_what_the_old_model_did(task, tmp_path):
+    """The new classes start at zero weights and the prior's logit: before any weak-step iteration the student's
+    argmax over all classes is the old model's, and the teacher's and student's new classes answer the prior."""
+    method, old, new, t = _fresh_step_outputs(tmp_path, {})
+    old, new = old["pred_logits"], new["pred_logits"]
+    assert torch.equal(new.argmax(1), old.argmax(1))
+    assert torch.allclose(new[:, 7:].sigmoid(), torch.full_like(new[:, 7:], 0.02), atol=1e-6)
+    assert torch.allclose(t[:, 7:].sigmoid(), torch.full_like(t[:, 7:], 0.02), atol=1e-6)
+
+
+def test_a_fresh_mask2former_step_predicts_what_the_old_model_did(task, tmp_path):
+    """On Mask2Former the new rows take the prior's share of "no object" in every query: each query's old-class
+    probabilities are exactly the old model's, each new class gets prior x the old no-object probability, and the
+    semantic prediction (argmax of the per-pixel scores) is the old model's."""
+    method, old, new, t = _fresh_step_outputs(tmp_path, {"config": M2F})
     p_old, p_new = old["pred_logits"].softmax(-1), new["pred_logits"].softmax(-1)  # [7 old, (4 new,) no-object]
     assert p_old.shape[-1] == 8 and p_new.shape[-1] == 12
     assert torch.allclose(p_new[..., :7], p_old[..., :7], atol=1e-6)

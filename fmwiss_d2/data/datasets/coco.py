@@ -151,24 +151,25 @@ def _coco_image_id(stem: str):
     return int(stem) if stem.isdigit() else stem
 
 
-def load_coco_things_sem_seg(root: str, split: str = "train") -> List[dict]:
-    """Dataset dicts of the COCO 2017 "things" semantic view (``split`` is "train" or "val").
-
-    Lists the masks in ``root/coco/things_sem_seg_<split>2017/`` and pairs each with
-    ``root/coco/<split>2017/<stem>.jpg``; ``image_id`` is the COCO integer id.
-    """
+def _load_mask_folder(root: str, split: str, mask_dir: str, script: str, what: str) -> List[dict]:
+    """Every ``mask_dir/<stem>.png`` paired with ``root/coco/<split>2017/<stem>.jpg`` (``image_id``: the COCO
+    integer id); a missing folder names the README section, and for the masks the script that makes them."""
     image_dir = os.path.join(root, "coco", f"{split}2017")
-    mask_dir = things_sem_seg_dir(root, split)
     if not os.path.isdir(image_dir):
         raise dataset_not_found(image_dir, COCO_SECTION)
     if not os.path.isdir(mask_dir):
-        raise dataset_not_found(
-            mask_dir, COCO_SECTION, hint="Create it with datasets/prepare_coco_things_semantic.py."
-        )
+        raise dataset_not_found(mask_dir, COCO_SECTION, hint=f"Create it with datasets/{script}.")
     ids = sorted(os.path.splitext(f)[0] for f in os.listdir(mask_dir) if f.endswith(".png"))
     records = sem_seg_records(image_dir, mask_dir, ids, section=COCO_SECTION, image_id=_coco_image_id)
-    logger.info("Loaded %d images of COCO 2017 things '%s' from %s", len(records), split, mask_dir)
+    logger.info("Loaded %d images of %s '%s' from %s", len(records), what, split, mask_dir)
     return records
+
+
+def load_coco_things_sem_seg(root: str, split: str = "train") -> List[dict]:
+    """Dataset dicts of the COCO 2017 "things" semantic view (``split`` is "train" or "val"): the masks of
+    ``root/coco/things_sem_seg_<split>2017/``."""
+    return _load_mask_folder(root, split, things_sem_seg_dir(root, split), "prepare_coco_things_semantic.py",
+                             "COCO 2017 things")
 
 
 def coco_things_sem_seg_metadata() -> dict:
@@ -185,20 +186,10 @@ def coco_things_sem_seg_metadata() -> dict:
 
 
 def load_coco_stuff_sem_seg(root: str, split: str = "train") -> List[dict]:
-    """Dataset dicts of COCO-Stuff 164k (171 classes; ``split`` "train" or "val"): each mask of
-    :func:`stuff_sem_seg_dir` paired with ``root/coco/<split>2017/<stem>.jpg``."""
-    image_dir = os.path.join(root, "coco", f"{split}2017")
-    mask_dir = stuff_sem_seg_dir(root, split)
-    if not os.path.isdir(image_dir):
-        raise dataset_not_found(image_dir, COCO_SECTION)
-    if not os.path.isdir(mask_dir):
-        raise dataset_not_found(
-            mask_dir, COCO_SECTION, hint="Create it with datasets/prepare_coco_stuff_semantic.py."
-        )
-    ids = sorted(os.path.splitext(f)[0] for f in os.listdir(mask_dir) if f.endswith(".png"))
-    records = sem_seg_records(image_dir, mask_dir, ids, section=COCO_SECTION, image_id=_coco_image_id)
-    logger.info("Loaded %d images of COCO-Stuff '%s' from %s", len(records), split, mask_dir)
-    return records
+    """Dataset dicts of COCO-Stuff 164k (171 classes; ``split`` "train" or "val"): the masks of
+    :func:`stuff_sem_seg_dir`."""
+    return _load_mask_folder(root, split, stuff_sem_seg_dir(root, split), "prepare_coco_stuff_semantic.py",
+                             "COCO-Stuff")
 
 
 def coco_stuff_sem_seg_metadata() -> dict:

@@ -157,6 +157,24 @@ def write_mask_png(path: str, mask: np.ndarray, palette: Optional[Iterable[Tuple
         image.save(f, format="PNG")
 
 
+def run_jobs(convert: Callable, jobs: Sequence, *, workers: int, desc: str) -> None:
+    """``convert(job)`` for every job with a progress bar, in ``workers`` processes (0 or 1: in this process): the
+    loop of the ``datasets/prepare_*.py`` scripts."""
+    from multiprocessing import Pool
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc=desc, unit="img") as progress:
+        if workers > 1 and len(jobs) > 1:
+            with Pool(workers) as pool:
+                for _ in pool.imap_unordered(convert, jobs, chunksize=16):
+                    progress.update()
+        else:
+            for job in jobs:
+                convert(job)
+                progress.update()
+
+
 # ----------------------------------------------------------------------------------------------
 # Pascal VOC 2012
 # ----------------------------------------------------------------------------------------------
