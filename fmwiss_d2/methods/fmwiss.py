@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..data.memory_bank import MemoryBank, bank_from_ground_truth, bank_path_beside, paste_instances
+from ..modeling.meta_arch.base import class_probabilities
 from ..modeling.heads.teacher import PluginTeacher
 from ..modeling.losses.fmwiss import (
     balanced_positive_weight, combine_pseudo_masks, pixel_contrastive, soft_bce, soft_label_targets,
@@ -258,10 +259,7 @@ class FMWISS(Method):
         x = (x_raw - mean) / std
 
         with torch.no_grad():
-            old_probs = self.old_model.per_pixel_scores(self.old_model.forward_outputs(x))
-            old_probs = F.interpolate(old_probs, size=(h, w), mode="bilinear", align_corners=False)
-            # normalised over the classes (as OldModelSource): a Mask2Former's semantic scores need not sum to 1
-            old_probs = old_probs / old_probs.sum(1, keepdim=True).clamp_min(1e-6)
+            old_probs = class_probabilities(self.old_model, self.old_model.forward_outputs(x), (h, w))
             # the source sees the images as loaded (before pasting): a source may cache per dataset image
             pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())
             masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids)

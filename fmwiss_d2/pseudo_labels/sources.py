@@ -6,6 +6,7 @@ from typing import List, Sequence
 import torch
 from torch.nn import functional as F
 
+from ..modeling.meta_arch.base import class_probabilities
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
 
 
@@ -62,9 +63,7 @@ class OldModelSource(PseudoLabelSource):
         outputs = context.old_outputs
         if outputs is None:
             outputs = old.forward_outputs((images.to(old.device) - old.pixel_mean) / old.pixel_std)
-        s = old.per_pixel_scores(outputs)
-        s = F.interpolate(s, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        s = s / s.sum(1, keepdim=True).clamp_min(1e-6)
+        s = class_probabilities(old, outputs, images.shape[-2:])
         k = len(context.class_names)
         if s.shape[1] < k:
             s = F.pad(s, (0, 0, 0, 0, 0, k - s.shape[1]))

@@ -98,3 +98,12 @@ class SegmentorBase(nn.Module):
         if self.training:
             return self.losses(outputs, self.prepare_targets(batched_inputs, images))
         return self.inference(outputs, batched_inputs, images)
+
+
+def class_probabilities(model, outputs: Dict, size: Tuple[int, int]) -> torch.Tensor:
+    """``model.per_pixel_scores(outputs)`` resized (bilinear) to ``size`` and normalised over the classes: a
+    distribution per pixel for every family (a Mask2Former's semantic scores sum over queries and need not sum to
+    1). What an old model's outputs mean as soft targets or pseudo labels (FMWISS, ``OldModelSource``)."""
+    s = torch.nn.functional.interpolate(model.per_pixel_scores(outputs), size=size, mode="bilinear",
+                                        align_corners=False)
+    return s / s.sum(1, keepdim=True).clamp_min(1e-6)
