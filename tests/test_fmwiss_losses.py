@@ -52,6 +52,10 @@ def test_combine_pseudo_masks_gives_the_non_new_mass_to_the_old_model():
     p_old = torch.tensor([0.25, 0.75]).reshape(1, 2, 1, 1)
     m = combine_pseudo_masks(s, p_old, [2, 3]).flatten()
     assert m.tolist() == pytest.approx([0.3 * 0.25, 0.3 * 0.75, 0.5, 0.2])
+    # the old model's veto: new classes scaled by its background 0.25 (0.125, 0.05), the rest 0.825 shared as it says
+    v = combine_pseudo_masks(s, p_old, [2, 3], veto_background=0).flatten()
+    assert v.tolist() == pytest.approx([0.825 * 0.25, 0.825 * 0.75, 0.125, 0.05])
+    assert float(v.sum()) == pytest.approx(1.0)
 
 
 def test_soft_labels_new_from_teacher_old_averaged_and_trained_by_bce():

@@ -37,6 +37,28 @@ def test_pasted_labels_cover_exactly_the_pasted_pixels():
     assert (labels[:, 20:] < 0).all() and (labels[:, :, 24:] < 0).all()
 
 
+def test_pastes_keep_off_the_pixels_to_avoid_when_a_free_place_exists():
+    bank = _bank()
+    avoid = torch.zeros(4, 40, 40, dtype=torch.bool)
+    avoid[:, :, :24] = True  # only the right 16 columns are free; a 12-pixel paste fits there
+    hits_free = hits_random = 0
+    for trial in range(20):
+        torch.manual_seed(trial)
+        _, labels = paste_instances(torch.zeros(4, 3, 40, 40), bank, [1], num=1, scale=(0.3, 0.3), avoid=avoid,
+                                    tries=64)
+        hits_free += int(((labels >= 0) & avoid).any(dim=(1, 2)).sum())
+        torch.manual_seed(trial)
+        _, labels = paste_instances(torch.zeros(4, 3, 40, 40), bank, [1], num=1, scale=(0.3, 0.3))
+        hits_random += int(((labels >= 0) & avoid).any(dim=(1, 2)).sum())
+    # 64 tries at a place with 5 free columns of 29: P(all miss) = (24/29)^64 < 1e-5 per image
+    assert hits_free == 0
+    assert hits_random > 40  # without it most pastes land on the avoided part (sanity of the setting)
+    # nowhere free: the paste still happens (the least-covering place), labels still follow it
+    full = torch.ones(1, 40, 40, dtype=torch.bool)
+    out, labels = paste_instances(torch.zeros(1, 3, 40, 40), bank, [1], num=1, scale=(0.3, 0.3), avoid=full)
+    assert (labels == 1).any() and torch.equal((out != 0).any(1), labels >= 0)
+
+
 def test_only_the_given_old_classes_are_ever_pasted():
     torch.manual_seed(1)
     bank = _bank()  # holds classes 1, 2 (old) and 3 (a class of the current step, added while it trains)

@@ -321,6 +321,64 @@ def test_a_weak_step_learns_from_a_dupl_model_through_the_source_key(task, tmp_p
     assert pseudo.scores[:, 1:7].sum() == 0 and pseudo.scores[:, 7:].sum() > 0  # DuPL's, on the new classes only
     expected = soft_bce(t, masks, pseudo.valid)
     assert torch.allclose(losses["loss_teacher_bce"].detach(), expected, rtol=1e-5)
+def test_pastes_avoid_the_new_pseudo_masks_and_the_old_model_vetoes_them(task, tmp_path, monkeypatch):
+    """``PASTE_AVOID_NEW``: copy-paste is told to avoid exactly the pixels the source gives to a new class;
+    ``OLD_MODEL_VETO``: the teacher's targets are the source's scores scaled by the old model's background."""
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
+    from fmwiss_d2.engine import Trainer
+    from fmwiss_d2.engine.data_loader import training_records
+    from fmwiss_d2.methods import fmwiss as fmwiss_method
+    from fmwiss_d2.modeling.losses.fmwiss import combine_pseudo_masks, soft_bce
+
+    dupl_cfg = tiny_cfg("shapes/dupl.yaml")  # a random DuPL student as a cheap source with new-class scores
+    torch.manual_seed(2)
+    (tmp_path / "dupl.yaml").write_text(dupl_cfg.dump())
+    torch.save({"model": build_model(dupl_cfg).state_dict()}, tmp_path / "dupl.pth")
+    _train(_cfg(0, tmp_path))
+    opts = ["METHOD.FMWISS.SOURCE", "DuPL", "PSEUDO_LABELS.DUPL.CONFIG_FILE", str(tmp_path / "dupl.yaml"),
+            "PSEUDO_LABELS.DUPL.CHECKPOINT", str(tmp_path / "dupl.pth")]
+
+    def one_batch(*more):
+        cfg1 = _cfg(1, tmp_path / "step", "FMWISS", *opts, *more,
+                    "INCREMENTAL.PREVIOUS_WEIGHTS", str(tmp_path / "step0" / "model_final.pth"))
+        method = Trainer.build_train_model(cfg1).train()
+        mapper = build_dataset_mapper(cfg1, is_train=True)
+        batch = [mapper(r) for r in training_records(cfg1)[:3]]
+        torch.manual_seed(0)
+        losses = method(batch)
+        model = method.model
+        with torch.no_grad():
+            images = model.preprocess_images(batch)
+            raw = images.tensor * model.pixel_std + model.pixel_mean
+            pseudo = method.frozen("pseudo_label_source")(raw, [torch.as_tensor(x["image_labels"]) for x in batch],
+                                                          method._context())
+        return method, images, pseudo, losses
+
+    seen = []
+    real_paste = fmwiss_method.paste_instances
+    monkeypatch.setattr(fmwiss_method, "paste_instances",
+                        lambda *a, **k: seen.append(k.get("avoid")) or real_paste(*a, **k))
+    _, _, pseudo, _ = one_batch("METHOD.FMWISS.PASTE_AVOID_NEW", "True")
+    new_fg = (pseudo.scores.argmax(1) >= 7) & pseudo.valid  # classes 7-10 are the step's
+    assert len(seen) == 1 and new_fg.any() and torch.equal(seen[0], new_fg)
+    seen.clear()
+    one_batch()  # off by default: nothing to avoid
+    assert seen == [None]
+
+    method, images, pseudo, losses = one_batch("METHOD.FMWISS.COPY_PASTE", "False", "METHOD.FMWISS.OLD_MODEL_VETO", "True")
+    model = method.model
+    with torch.no_grad():
+        old = method.old_model.per_pixel_scores(method.old_model.forward_outputs(images.tensor))
+        old = old / old.sum(1, keepdim=True)
+        veto = pseudo.scores[:, 7:] * old[:, :1]  # by hand: new scores times the old model's background
+        masks = combine_pseudo_masks(pseudo.scores, old, method.new_ids, veto_background=0)
+        t = method.teacher(model.pixel_features(model.forward_outputs(images.tensor)), images.tensor.shape[-2:])
+    assert torch.allclose(masks[:, 7:], veto)
+    assert torch.allclose(losses["loss_teacher_bce"].detach(), soft_bce(t["logits"], masks, pseudo.valid), rtol=1e-5)
+
+
 def test_the_new_rows_learn_at_their_own_rate(task, tmp_path):
     """``NEW_ROWS_LR_MULTIPLIER`` reaches the optimizer: the student's new-class rows (and only they) get the step's
     rate times it; the old rows keep the step's rate and the teacher its own multiplier."""

@@ -148,13 +148,17 @@ class MemoryBank(nn.Module):
 
 @torch.no_grad()
 def paste_instances(images: torch.Tensor, bank: MemoryBank, classes: Sequence[int], num: int,
-                    scale: Tuple[float, float] = (0.25, 0.5), sizes: Sequence[Tuple[int, int]] | None = None
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+                    scale: Tuple[float, float] = (0.25, 0.5), sizes: Sequence[Tuple[int, int]] | None = None,
+                    avoid: torch.Tensor | None = None, tries: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pastes ``num`` instances per image, each of a class drawn uniformly from the bank's ``classes`` (only
     those may ever be pasted), resized to ``scale`` x the image's shorter side, at a random place inside the
     image's ``sizes`` (h, w) (default: the whole tensor). Returns ``(images, labels)``: ``images`` (N, 3, H, W)
     with the pasted pixels replaced, ``labels`` (N, H, W) int64 the pasted class at every pasted pixel (a
-    later paste covers an earlier one), -1 elsewhere. Random draws use torch's global generator."""
+    later paste covers an earlier one), -1 elsewhere. Random draws use torch's global generator.
+
+    ``avoid`` (N, H, W) bool, optional: pixels a paste should not cover (e.g. the new classes' pseudo masks,
+    the only supervision those objects have). Of ``tries`` random places the first that covers none of them is
+    taken, else the one covering fewest."""
     images = images.clone()
     n, _, h_all, w_all = images.shape
     labels = torch.full((n, h_all, w_all), -1, dtype=torch.long, device=images.device)
@@ -170,13 +174,30 @@ def paste_instances(images: torch.Tensor, bank: MemoryBank, classes: Sequence[in
             side = max(2, min(h, w, int(round(frac * min(h, w)))))
             crop, m = _resize_masked(bank.images[c, slot], bank.masks[c, slot], (side, side))
             crop, m = crop.to(images), m.to(images.device)
-            y = int(torch.randint(h - side + 1, (1,)))
-            x = int(torch.randint(w - side + 1, (1,)))
+            y, x = _place(m, h, w, None if avoid is None else avoid[b], tries)
             region = images[b, :, y: y + side, x: x + side]
             images[b, :, y: y + side, x: x + side] = torch.where(m[None], crop, region)
             lab = labels[b, y: y + side, x: x + side]
             labels[b, y: y + side, x: x + side] = torch.where(m, torch.full_like(lab, c), lab)
     return images, labels
+
+
+def _place(mask: torch.Tensor, h: int, w: int, avoid: torch.Tensor | None, tries: int) -> Tuple[int, int]:
+    """Top-left corner for a ``mask``-shaped paste inside (h, w): random, or the least-covering of ``tries``
+    random ones (stopping at the first that covers no ``avoid`` pixel)."""
+    side_h, side_w = mask.shape
+    best, best_cover = None, None
+    for _ in range(1 if avoid is None else max(1, int(tries))):
+        y = int(torch.randint(h - side_h + 1, (1,)))
+        x = int(torch.randint(w - side_w + 1, (1,)))
+        if avoid is None:
+            return y, x
+        cover = int((avoid[y: y + side_h, x: x + side_w] & mask).sum())
+        if best_cover is None or cover < best_cover:
+            best, best_cover = (y, x), cover
+        if cover == 0:
+            break
+    return best
 
 
 def bank_from_ground_truth(bank: MemoryBank, records: Sequence[Dict], classes: Sequence[int], label_lut=None,

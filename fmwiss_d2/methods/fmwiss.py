@@ -63,7 +63,7 @@ class FMWISS(Method):
                  pos_weight_max: float = 0.0,
                  pos_weight_student: bool = True,
                  memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
-                 identity: Dict | None):
+                 paste_avoid_new: bool = False, old_model_veto: bool = False, identity: Dict | None):
         """
         Args:
             source: registered name of the new classes' pseudo-label source (built for training only, kept
@@ -83,6 +83,10 @@ class FMWISS(Method):
             pos_weight_student: False: the weights apply to the teacher's BCE only.
             memory_bank: the bank filled at this step and pasted from (None: no copy-paste).
             paste_per_image / paste_scale: instances pasted per image and their size (share of the shorter side).
+            paste_avoid_new: place pastes off the new classes' pseudo masks (best of a few random places): a
+                paste over a new object hides the only (image-level) evidence the step has of it.
+            old_model_veto: the pseudo masks' new classes only where the old model sees background
+                (:func:`combine_pseudo_masks`): a source's map that bleeds onto an old object is cut there.
             identity: (task, step, classes) the bank is stamped with.
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)
@@ -101,6 +105,8 @@ class FMWISS(Method):
         self.memory_bank = memory_bank
         self.paste_per_image = paste_per_image
         self.paste_scale = tuple(paste_scale)
+        self.paste_avoid_new = bool(paste_avoid_new)
+        self.old_model_veto = bool(old_model_veto)
         self.identity = identity
         self._previous_weights = ""
 
@@ -136,7 +142,8 @@ class FMWISS(Method):
             "new_class_prior": c.NEW_CLASS_PRIOR, "new_rows_lr_multiplier": c.NEW_ROWS_LR_MULTIPLIER,
             "pos_weight_max": c.POS_WEIGHT_MAX, "pos_weight_student": c.POS_WEIGHT_STUDENT,
             "memory_bank": bank,
-            "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE, "identity": identity,
+            "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE,
+            "paste_avoid_new": c.PASTE_AVOID_NEW, "old_model_veto": c.OLD_MODEL_VETO, "identity": identity,
         }
 
     def start_step(self) -> None:
@@ -249,20 +256,27 @@ class FMWISS(Method):
         for b, labels in enumerate(image_labels):
             labelled[b, labels.to(raw.device)] = True
 
+        with torch.no_grad():
+            # the source sees the images as loaded (before pasting): a source may cache per dataset image
+            pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())
+
         # copy-paste: old-class instances into the images (their labels override everything below)
         pasted = torch.full((n, h, w), -1, dtype=torch.long, device=raw.device)
         x_raw = raw
         if self.memory_bank is not None:
             old_fg = [c for c in self.old_ids if c not in model.background_logits]
+            avoid = None
+            if self.paste_avoid_new:
+                new = torch.as_tensor(self.new_ids, device=raw.device)
+                avoid = torch.isin(pseudo.scores.argmax(1).to(raw.device), new) & pseudo.valid.to(raw.device)
             x_raw, pasted = paste_instances(raw, self.memory_bank, old_fg, self.paste_per_image, self.paste_scale,
-                                            sizes=images.image_sizes)
+                                            sizes=images.image_sizes, avoid=avoid)
         x = (x_raw - mean) / std
 
         with torch.no_grad():
             old_probs = class_probabilities(self.old_model, self.old_model.forward_outputs(x), (h, w))
-            # the source sees the images as loaded (before pasting): a source may cache per dataset image
-            pseudo = self.frozen("pseudo_label_source")(raw, image_labels, self._context())
-            masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids)
+            masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids,
+                                         model.background_logits[0] if self.old_model_veto else None)
             masks = _one_hot_where(masks, pasted)
             valid = (pseudo.valid.to(raw.device) | (pasted >= 0)) & inside
 

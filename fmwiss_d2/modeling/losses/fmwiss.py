@@ -105,22 +105,28 @@ def pixel_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperatur
     return per_anchor.mean()
 
 
-def combine_pseudo_masks(source_scores: torch.Tensor, old_probs: torch.Tensor, new_ids: Sequence[int]
-                         ) -> torch.Tensor:
+def combine_pseudo_masks(source_scores: torch.Tensor, old_probs: torch.Tensor, new_ids: Sequence[int],
+                         veto_background: int | None = None) -> torch.Tensor:
     """The teacher's targets M (N, K, H, W) from a source's scores S (N, K, H, W; new classes at ``new_ids``)
     and the old model's probabilities P (N, K_old, H, W) over the old classes (ids 0..K_old-1):
 
-        M_c = S_c                          for c in new_ids
-        M_c = (1 - sum_{n in new} S_n) P_c  for c < K_old (old classes, background included)
+        M_c = S~_c                          for c in new_ids
+        M_c = (1 - sum_{n in new} S~_n) P_c  for c < K_old (old classes, background included)
 
-    Why: at a weak step a source knows the new classes (from their image labels); what it calls background
-    may be an old object, which only the old model can name. Where S sums to 1, so does M."""
+    with S~ = S, or, with ``veto_background`` = b, S~_n = P_b S_n: a new class only where the old model sees
+    background. Why: at a weak step a source knows the new classes (from their image labels); what it calls
+    background may be an old object, which only the old model can name. Why the veto: the old model learnt the
+    new objects as background, so where it names an old object (P_b ~ 0) a source's new-class score is a
+    bleed onto that neighbour. Where S sums to 1, so does M."""
     new = _ids(new_ids, source_scores.device)
     k_old = old_probs.shape[1]
     out = torch.zeros_like(source_scores)
     s_new = source_scores.index_select(1, new)
+    old_probs = old_probs.to(out)
+    if veto_background is not None:
+        s_new = s_new * old_probs[:, veto_background: veto_background + 1]
     out[:, new] = s_new
-    out[:, :k_old] = (1 - s_new.sum(1, keepdim=True)).clamp_min(0) * old_probs.to(out)
+    out[:, :k_old] = (1 - s_new.sum(1, keepdim=True)).clamp_min(0) * old_probs
     return out
 
 
