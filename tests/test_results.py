@@ -112,6 +112,24 @@ def test_markdown_rendering():
     assert results.render_markdown(RESULT) == EXPECTED_MARKDOWN
 
 
+def test_an_incremental_table_renders_one_row_per_method():
+    columns = {"MiB old": (60.0, 62.0), "MiB new": (40.0, 50.0), "MiB all": (55.0, 58.0), "Joint all": (70.0, None)}
+    result = dict(RESULT, seeds=[0, 1], notes="", paper_source="",
+                  per_seed={str(s): {c: v[s] for c, v in columns.items() if v[s] is not None} for s in (0, 1)},
+                  mean={"MiB old": 61.0, "MiB new": 45.0, "MiB all": 56.5, "Joint all": 70.0},
+                  std={"MiB old": 1.4142, "MiB new": 7.0711, "MiB all": 2.1213, "Joint all": 0.0},
+                  paper={"MiB old": 75.5, "MiB all": 69.0})
+    table = results.render_markdown(result).split("\n\n")[0]
+    assert table == """\
+| method | old: mean ± std over seeds 0, 1 | new | all | all, per seed | paper: old / new / all |
+|---|---|---|---|---|---|
+| MiB | 61.0 ± 1.4 | 45.0 ± 7.1 | 56.5 ± 2.1 | 55.0, 58.0 | 75.5 / - / 69.0 |
+| Joint | - | - | 70.0 ± 0.0 | 70.0, - | - |"""
+    # a column outside the pattern keeps the one-row-per-metric layout
+    flat = dict(result, mean={**result["mean"], "CLIP top-1": 0.5}, std={**result["std"], "CLIP top-1": 0.0})
+    assert results.render_markdown(flat).startswith("| metric |")
+
+
 def test_readme_block_replacement(tmp_path):
     text = "# Title\n\nintro\n<!-- results:fake -->\nold line 1\nold line 2\n<!-- /results:fake -->\nafter\n"
     expected = "# Title\n\nintro\n<!-- results:fake -->\n| a |\n|---|\n<!-- /results:fake -->\nafter\n"

@@ -305,17 +305,44 @@ def shell_command(argv: Sequence[str]) -> str:
     return " ".join(a if re.fullmatch(r"[\w@%+=:,./{}-]+", a) else shlex.quote(a) for a in argv)
 
 
+INCREMENTAL_PARTS = ("old", "new", "all")  # column suffixes of an incremental table: "<method> old" etc.
+
+
+def _incremental_rows(columns) -> dict | None:
+    """``{method: {part: column}}`` when every column is "<method> old|new|all" (and some method has old and
+    new), else None: such a table reads better as one row per method."""
+    rows: dict = {}
+    for column in columns:
+        method, _, part = column.rpartition(" ")
+        if not method or part not in INCREMENTAL_PARTS:
+            return None
+        rows.setdefault(method, {})[part] = column
+    return rows if any({"old", "new"} <= set(parts) for parts in rows.values()) else None
+
+
 def render_markdown(result: dict) -> str:
-    """The table of a ``results/<table>.json``: one row per metric, ours (mean ± std and per seed) beside the paper."""
+    """The table of a ``results/<table>.json``: ours (mean ± std and per seed) beside the paper. One row per
+    metric; for an incremental table (columns "<method> old|new|all") one row per method, with the per-seed
+    numbers of "all" (the others are in the file)."""
     seeds, digits = result["seeds"], result["digits"]
-    lines = [
-        f"| metric | ours: mean ± std over seeds {', '.join(map(str, seeds))} | per seed | paper |",
-        "|---|---|---|---|",
-    ]
-    for column, mean in result["mean"].items():
-        per_seed = ", ".join(_fmt(result["per_seed"][str(s)].get(column), digits) for s in seeds)
-        ours = f"{_fmt(mean, digits)} ± {_fmt(result['std'][column], digits)}"
-        lines.append(f"| {column} | {ours} | {per_seed} | {_fmt(result['paper'].get(column), digits)} |")
+    over = f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    ours = lambda c: f"{_fmt(result['mean'][c], digits)} ± {_fmt(result['std'][c], digits)}"  # noqa: E731
+    per_seed = lambda c: ", ".join(_fmt(result["per_seed"][str(s)].get(c), digits) for s in seeds)  # noqa: E731
+    grouped = _incremental_rows(result["mean"])
+    if grouped:
+        lines = [f"| method | old: {over} | new | all | all, per seed | paper: old / new / all |",
+                 "|---|---|---|---|---|---|"]
+        for method, parts in grouped.items():
+            cells = [ours(parts[p]) if p in parts else "-" for p in INCREMENTAL_PARTS]
+            paper = [result["paper"].get(parts[p]) if p in parts else None for p in INCREMENTAL_PARTS]
+            paper_cell = " / ".join(_fmt(v, digits) for v in paper) if any(v is not None for v in paper) else "-"
+            all_seeds = per_seed(parts["all"]) if "all" in parts else "-"
+            lines.append(f"| {method} | {' | '.join(cells)} | {all_seeds} | {paper_cell} |")
+    else:
+        lines = [f"| metric | ours: {over} | per seed | paper |", "|---|---|---|---|"]
+        for column in result["mean"]:
+            lines.append(f"| {column} | {ours(column)} | {per_seed(column)} | "
+                         f"{_fmt(result['paper'].get(column), digits)} |")
     commit = (result["commit"] or "unknown")[:7] + (" (uncommitted changes)" if result["dirty"] else "")
     walls = ", ".join(f"{_fmt(result['wall_s'][str(s)], 0)} s" for s in seeds)
     threads = sorted({t for t in result["threads"].values() if t is not None})
