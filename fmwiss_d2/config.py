@@ -225,6 +225,9 @@ def _add_fmwiss_pseudo_label_config(cfg):
     cfg.PSEUDO_LABELS.COSEG.SEED_WEIGHT = 0.5  # class map = (1 - w) * CLIP + w * seed guidance
     cfg.PSEUDO_LABELS.COSEG.ATTENTION_WEIGHT = 1.0  # gate = (1 - w) + w * objectness (0 = no gating)
     cfg.PSEUDO_LABELS.COSEG.NORMALIZE = True  # scale each class map to max 1 (an image label says the class is there)
+    # blend each class map with its mean over the DINO object (objectness >= OBJECT_THRESHOLD) a pixel lies in
+    cfg.PSEUDO_LABELS.COSEG.OBJECT_FILL = 0.0  # blend weight (0 = off, 1 = object means only)
+    cfg.PSEUDO_LABELS.COSEG.OBJECT_THRESHOLD = 0.3  # objectness (in [0, 1], max 1 per image) of an object pixel
     cfg.PSEUDO_LABELS.COSEG.THRESHOLD = 0.0  # minimum top score of a valid pixel
 
     # Localizer ("Localizer", fmwiss_d2/pseudo_labels/localizer.py): a CAM head on the previous step's model,

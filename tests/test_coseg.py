@@ -7,7 +7,7 @@ from torch import nn
 
 from fmwiss_d2.pseudo_labels import PseudoLabelContext, PseudoLabels, build_pseudo_label_source
 from fmwiss_d2.pseudo_labels.coseg import (
-    CoSegmentation, dino_objectness, fuse_class_maps, patch_affinity, seed_guidance)
+    CoSegmentation, dino_objectness, fill_objects, fuse_class_maps, patch_affinity, seed_guidance)
 from fmwiss_d2.utils.errors import UserError
 
 # A 3 x 4 patch grid: object A (class 1) in the top-left 2 x 2 patches, object B (class 2) right next to it in the
@@ -66,6 +66,28 @@ def test_fusion_worked_by_hand():
     m = fuse_class_maps(p, None, o, seed_weight=0.5, attention_weight=1.0, normalize=False)
     assert torch.allclose(m, torch.tensor([[[0.2, 0.0]]]))
     assert torch.equal(fuse_class_maps(p, None, None, seed_weight=0.5, attention_weight=0.5, normalize=False), p)
+
+
+def test_object_filling_worked_by_hand():
+    # two objects (objectness >= 0.5): the left 2 x 2 block and the single patch at (0, 4) (not touching it,
+    # even diagonally); everything else is background
+    o = torch.zeros(3, 5)
+    o[:2, :2], o[0, 4] = 0.9, 0.6
+    m = torch.zeros(2, 3, 5)
+    m[0, :2, :2] = torch.tensor([[1.0, 0.6], [0.2, 0.2]])  # class 0 lit on part of the left object
+    m[1, 0, 1], m[1, 0, 4], m[1, 2, 2] = 0.4, 0.8, 0.7  # class 1: a bit of the left object, the small one, bg
+    full = fill_objects(m, o, threshold=0.5, weight=1.0)
+    e = torch.zeros(2, 3, 5)
+    e[0, :2, :2] = (1.0 + 0.6 + 0.2 + 0.2) / 4  # the mean over the object, everywhere on it
+    e[1, :2, :2], e[1, 0, 4] = 0.4 / 4, 0.8  # the background pixel (2, 2) loses its 0.7
+    assert torch.allclose(full, e)
+    half = fill_objects(m, o, threshold=0.5, weight=0.5)
+    assert torch.allclose(half, 0.5 * m + 0.5 * e)
+    assert torch.equal(fill_objects(m, o, threshold=0.5, weight=0.0), m)
+    # diagonal neighbours belong to one object (8-connectivity): (1, 1) and (2, 2) join
+    o[2, 2] = 0.9
+    joined = fill_objects(m, o, threshold=0.5, weight=1.0)
+    assert torch.allclose(joined[1, 2, 2], torch.tensor((0.4 + 0.7) / 5))
 
 
 def test_a_seed_inside_one_object_yields_that_object_not_its_neighbour():
@@ -137,3 +159,15 @@ def test_built_from_config_and_checked():
     cfg.PSEUDO_LABELS.COSEG.USE_SEEDS = False
     assert "num_seeds" not in build_pseudo_label_source(cfg, "CoSegmentation").cache_key()
     assert math.isclose(src.seed_weight, cfg.PSEUDO_LABELS.COSEG.SEED_WEIGHT)
+    cfg.PSEUDO_LABELS.COSEG.OBJECT_FILL = 0.5
+    with pytest.raises(UserError, match="OBJECT_FILL fills DINO's objects"):
+        build_pseudo_label_source(cfg, "CoSegmentation")
+    cfg.PSEUDO_LABELS.COSEG.USE_DINO = True
+    assert build_pseudo_label_source(cfg, "CoSegmentation").cache_key()["object_fill"] == 0.5
+    assert "object_fill" not in key  # off by default: the cache of the default settings is unchanged
+    cfg.PSEUDO_LABELS.COSEG.OBJECT_FILL = 1.5
+    with pytest.raises(UserError, match=r"OBJECT_FILL must be in \[0, 1\]"):
+        build_pseudo_label_source(cfg, "CoSegmentation")
+    cfg.PSEUDO_LABELS.COSEG.OBJECT_FILL, cfg.PSEUDO_LABELS.COSEG.OBJECT_THRESHOLD = 0.5, 0.0
+    with pytest.raises(UserError, match=r"OBJECT_THRESHOLD must be in \(0, 1\]"):
+        build_pseudo_label_source(cfg, "CoSegmentation")

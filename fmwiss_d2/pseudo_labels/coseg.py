@@ -14,7 +14,10 @@ Two foundation models see each image; only its image-level labels say which clas
   (scaled to max 1). A seed on the right object yields that object's mask even where CLIP's map bleeds onto
   a neighbour;
 * **fusion** (:func:`fuse_class_maps`): ``M_c = ((1 - s) P_c + s G_c) * ((1 - a) + a O)``, scaled to max 1
-  per class (``NORMALIZE``), background ``1 - max_c M_c``.
+  per class (``NORMALIZE``), background ``1 - max_c M_c``;
+* optionally **object filling** (:func:`fill_objects`, ``OBJECT_FILL`` > 0): the regions where ``O`` reaches
+  ``OBJECT_THRESHOLD`` are DINO's objects; each class's map is blended with its mean over the object a pixel
+  lies in, so a class found on part of an object spreads over the whole of it and nothing outside the objects.
 
 The choices the paper leaves open (which DINO descriptors, how seeds spread, how the maps are fused) and the
 measured effect of each part are in ``docs/fmwiss.md``.
@@ -33,7 +36,8 @@ from ..utils.errors import UserError
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
 from .sources import CLIPSource, scores_from_class_maps
 
-__all__ = ["CoSegmentation", "dino_objectness", "patch_affinity", "seed_guidance", "fuse_class_maps"]
+__all__ = ["CoSegmentation", "dino_objectness", "patch_affinity", "seed_guidance", "fuse_class_maps",
+           "fill_objects"]
 
 FEATURE_KINDS = ("keys", "features")
 
@@ -92,6 +96,28 @@ def fuse_class_maps(clip_maps: torch.Tensor, guidance: Optional[torch.Tensor], o
     return m.clamp(0, 1)
 
 
+def fill_objects(maps: torch.Tensor, objectness: torch.Tensor, *, threshold: float, weight: float) -> torch.Tensor:
+    """(C, H, W) class maps -> ``(1 - weight) M_c + weight F_c``, where ``F_c`` is ``M_c``'s mean over the object
+    a pixel lies in and 0 outside every object.
+
+    Objects are the 8-connected regions of ``objectness >= threshold`` (H, W). Why: CLIP's maps light up only
+    the most telling part of an object, and the seeds' walk stops at texture changes, while DINO's objectness
+    outlines whole objects; averaging inside an object lets the object's majority class take all of it.
+    """
+    from scipy import ndimage
+
+    if weight <= 0:
+        return maps
+    regions, count = ndimage.label((objectness >= threshold).cpu().numpy(), structure=[[1, 1, 1]] * 3)
+    regions = torch.from_numpy(regions).to(maps.device).flatten().long()
+    m = maps.float().flatten(1)
+    size = torch.bincount(regions, minlength=count + 1).clamp_min(1).to(m)
+    means = torch.zeros(m.shape[0], count + 1, dtype=m.dtype, device=m.device).index_add_(1, regions, m) / size
+    means[:, 0] = 0  # outside every object
+    filled = means[:, regions].view_as(maps)
+    return ((1 - weight) * maps.float() + weight * filled).to(maps.dtype)
+
+
 @PSEUDO_LABEL_SOURCE_REGISTRY.register()
 class CoSegmentation(PseudoLabelSource):
     """FMWISS's co-segmentation of CLIP and DINO (module docstring); ``PSEUDO_LABELS.COSEG.*``."""
@@ -101,7 +127,7 @@ class CoSegmentation(PseudoLabelSource):
                  dino_key: Optional[dict] = None, use_dino: bool = True, use_seeds: bool = True, num_seeds: int = 4,
                  affinity_power: float = 4.0, propagation_steps: int = 1, features: str = "keys",
                  seed_weight: float = 0.5, attention_weight: float = 1.0, normalize: bool = True,
-                 threshold: float = 0.0):
+                 object_fill: float = 0.0, object_threshold: float = 0.3, threshold: float = 0.0):
         """
         Args:
             clip_source: the class-aware maps (its temperature and background prompts apply).
@@ -129,6 +155,15 @@ class CoSegmentation(PseudoLabelSource):
         self.propagation_steps, self.features = int(propagation_steps), features
         self.seed_weight, self.attention_weight = float(seed_weight), float(attention_weight)
         self.normalize, self.threshold = bool(normalize), float(threshold)
+        if object_fill > 0 and not use_dino:
+            raise UserError("PSEUDO_LABELS.COSEG.OBJECT_FILL fills DINO's objects: set PSEUDO_LABELS.COSEG.USE_DINO "
+                            "True, or OBJECT_FILL 0.0")
+        if not 0.0 <= object_fill <= 1.0:
+            raise UserError(f"PSEUDO_LABELS.COSEG.OBJECT_FILL must be in [0, 1], not {object_fill}")
+        if not 0.0 < object_threshold <= 1.0:
+            raise UserError(f"PSEUDO_LABELS.COSEG.OBJECT_THRESHOLD must be in (0, 1] (objectness peaks at 1 per "
+                            f"image), not {object_threshold}")
+        self.object_fill, self.object_threshold = float(object_fill), float(object_threshold)
 
     @classmethod
     def from_config(cls, cfg):
@@ -144,7 +179,7 @@ class CoSegmentation(PseudoLabelSource):
             "use_dino": c.USE_DINO, "use_seeds": c.USE_SEEDS, "num_seeds": c.NUM_SEEDS,
             "affinity_power": c.AFFINITY_POWER, "propagation_steps": c.PROPAGATION_STEPS, "features": c.FEATURES,
             "seed_weight": c.SEED_WEIGHT, "attention_weight": c.ATTENTION_WEIGHT, "normalize": c.NORMALIZE,
-            "threshold": c.THRESHOLD,
+            "object_fill": c.OBJECT_FILL, "object_threshold": c.OBJECT_THRESHOLD, "threshold": c.THRESHOLD,
         }
 
     @property
@@ -158,6 +193,8 @@ class CoSegmentation(PseudoLabelSource):
                "normalize": self.normalize, "threshold": self.threshold}
         if self.use_dino:
             key.update(dino=self.dino_key, attention_weight=self.attention_weight)
+        if self.object_fill > 0:
+            key.update(object_fill=self.object_fill, object_threshold=self.object_threshold)
         if self.use_seeds:
             key.update(num_seeds=self.num_seeds, affinity_power=self.affinity_power, features=self.features,
                        propagation_steps=self.propagation_steps, seed_weight=self.seed_weight)
@@ -185,8 +222,13 @@ class CoSegmentation(PseudoLabelSource):
                 g = torch.stack([seed_guidance(coarse[c], affinity, self.num_seeds, self.propagation_steps)
                                  for c in range(len(ids))])
                 guidance = F.interpolate(g[None], size=(h, w), mode="bilinear", align_corners=False)[0].to(p)
-            maps.append(fuse_class_maps(p, guidance, None if objectness is None else objectness[b],
-                                        seed_weight=self.seed_weight, attention_weight=self.attention_weight,
-                                        normalize=self.normalize))
+            m = fuse_class_maps(p, guidance, None if objectness is None else objectness[b],
+                                seed_weight=self.seed_weight, attention_weight=self.attention_weight,
+                                normalize=self.normalize)
+            if self.object_fill > 0:
+                m = fill_objects(m, objectness[b], threshold=self.object_threshold, weight=self.object_fill)
+                if self.normalize:
+                    m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+            maps.append(m)
         scores = scores_from_class_maps(maps, image_labels, len(context.class_names), context.background)
         return PseudoLabels(scores, scores.max(1).values >= self.threshold)
