@@ -34,7 +34,7 @@ from detectron2.config import configurable
 
 from ..utils.errors import UserError
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
-from .sources import CLIPSource, scores_from_class_maps
+from .sources import CLIPSource, scale_to_max_one, scores_from_class_maps
 
 __all__ = ["CoSegmentation", "dino_objectness", "patch_affinity", "seed_guidance", "fuse_class_maps",
            "fill_objects"]
@@ -45,7 +45,7 @@ FEATURE_KINDS = ("keys", "features")
 def dino_objectness(attentions: torch.Tensor) -> torch.Tensor:
     """(N, heads, h, w) CLS attention -> (N, h, w) objectness: the head mean divided by its per-image max."""
     a = attentions.float().mean(1)
-    return a / a.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return scale_to_max_one(a)
 
 
 def patch_affinity(features: torch.Tensor, power: float) -> torch.Tensor:
@@ -92,7 +92,7 @@ def fuse_class_maps(clip_maps: torch.Tensor, guidance: Optional[torch.Tensor], o
     if objectness is not None:
         m = m * ((1 - attention_weight) + attention_weight * objectness.float())[None]
     if normalize:
-        m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+        m = scale_to_max_one(m)
     return m.clamp(0, 1)
 
 
@@ -228,7 +228,7 @@ class CoSegmentation(PseudoLabelSource):
             if self.object_fill > 0:
                 m = fill_objects(m, objectness[b], threshold=self.object_threshold, weight=self.object_fill)
                 if self.normalize:
-                    m = m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+                    m = scale_to_max_one(m)
             maps.append(m)
         scores = scores_from_class_maps(maps, image_labels, len(context.class_names), context.background)
         return PseudoLabels(scores, scores.max(1).values >= self.threshold)

@@ -29,7 +29,7 @@ from detectron2.config import configurable
 from ..utils.errors import UserError
 from .base import PSEUDO_LABEL_SOURCE_REGISTRY, PseudoLabelContext, PseudoLabels, PseudoLabelSource
 from ..modeling.losses.dupl import multilabel_classification_loss
-from .sources import labelled_classes, scores_from_class_maps
+from .sources import labelled_classes, scale_to_max_one, scores_from_class_maps
 
 __all__ = ["Localizer", "multilabel_bce", "cam_maps"]
 
@@ -48,7 +48,7 @@ def cam_maps(logit_maps: torch.Tensor, size) -> torch.Tensor:
     """(C, h, w) class logit maps -> (C, H, W) CAMs in [0, 1]: ``relu``, bilinear resize, divided by the max."""
     m = F.interpolate(logit_maps.float().clamp_min(0)[None], size=tuple(size), mode="bilinear",
                       align_corners=False)[0]
-    return m / m.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return scale_to_max_one(m)
 
 
 @PSEUDO_LABEL_SOURCE_REGISTRY.register()

@@ -22,6 +22,12 @@ def labelled_classes(image_labels: List[torch.Tensor], num_classes: int, backgro
     return allowed
 
 
+def scale_to_max_one(maps: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) maps, each divided by its own max (an all-zero map stays zero): the pseudo-label sources read a
+    labelled class's best pixel as certain, so every class map is put on the same [0, 1] scale this way."""
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+
+
 def scores_from_class_maps(maps: Sequence[torch.Tensor], image_labels: List[torch.Tensor], num_classes: int,
                            background) -> torch.Tensor:
     """(N, K, H, W) scores from each image's (C_b, H, W) maps of its labelled classes (in label order).
