@@ -69,6 +69,9 @@ def _add_pading_config(cfg):
     c = cfg.METHOD.PADING = CN()
     c.SPLIT = ""  # zero-shot split (data/datasets/zero_shot.py): a registered name or a YAML file
     c.STAGE = "seen"  # "seen" (stage 1: model on seen classes), "generator" (train the generator), "classifier" (stage 2)
+    # the text each class's embedding is made of: "name" (its prompt word, as on COCO) or "description" (the
+    # training dataset's metadata `class_descriptions`: its name with attribute words; the synthetic world has them)
+    c.CLASS_TEXT = "name"  # "name" or "description"
     c.GENERATOR = "PrimitiveGenerator"  # GENERATOR_REGISTRY name: "PrimitiveGenerator" (PADing) or "MLPGenerator" (GMMN)
     c.NUM_PRIMITIVES = 400  # learnable primitives the generator's queries attend to
     c.GENERATOR_LAYERS = 3  # transformer-decoder layers of the primitive generator
@@ -196,6 +199,9 @@ def _add_foundation_config(cfg):
     cfg.MODEL.CLIP.PRETRAIN.BATCH_SIZE = 64  # image-caption pairs per step
     cfg.MODEL.CLIP.PRETRAIN.LR = 1e-3  # AdamW peak learning rate (warm-up, cosine decay)
     cfg.MODEL.CLIP.PRETRAIN.SEED = 0  # initialization, batch order and augmentation seed
+    # "attributes": captions also give the classes' colour, texture and outline words, so that the text space has the
+    # visual structure zero-shot transfer needs (PADing's shapes config; docs/pading.md)
+    cfg.MODEL.CLIP.PRETRAIN.CAPTIONS = "names"  # "names" (the default tiny CLIP) or "attributes"
 
     # DINO (timm ViT): class-agnostic self-supervised ViT; last-layer CLS attention and keys.
     cfg.MODEL.DINO = CN()

@@ -176,3 +176,23 @@ def test_prompt_names():
     assert [prompt_name(c) for c in ("sky-other-merged", "grass-merged", "wall-other", "playingfield", "hot dog",
                                      "tree-merged", "sand")] == ["sky", "grass", "wall", "playingfield", "hot dog",
                                                                  "tree", "sand"]
+
+
+def test_class_text_descriptions_come_from_the_dataset_metadata(split, monkeypatch):
+    """CLASS_TEXT 'description': each class is embedded from its name with the world's attribute words (written
+    here by hand for two classes); a dataset without descriptions, or an unknown setting, is a clear error."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.modeling import build_model
+
+    cfg = _cfg("seen", "METHOD.PADING.CLASS_TEXT", "description")
+    method = build_method(cfg, build_model(cfg))
+    texts = dict(zip(split.classes, method.class_texts(cfg)))
+    assert texts["star"] == "solid yellow green pointed star" and texts["sand"] == "grainy yellow sand"
+    assert _method(_cfg()).class_texts(_cfg())[split.classes.index("star")] == "star"
+    monkeypatch.delattr(MetadataCatalog.get("tiny_zs_train"), "class_descriptions")
+    with pytest.raises(MethodConfigError, match="class_descriptions.*tiny_zs_train"):
+        method.class_texts(cfg)
+    bad = _cfg("seen", "METHOD.PADING.CLASS_TEXT", "caption")
+    with pytest.raises(MethodConfigError, match="CLASS_TEXT"):
+        build_method(bad, build_model(bad))
+

@@ -292,6 +292,59 @@ def test_crop_captions_name_what_the_crop_shows():
     ]
 
 
+def test_attribute_captions_use_the_class_words_and_drop_them_at_random():
+    """One star on sky (``CLASS_ATTRIBUTES``: solid / yellow green / pointed; sky: shaded / blue). Every caption
+    is "a picture of a <kept star words> <star or shape> on <kept sky words> sky."; over 400 draws each word group
+    and the name are kept about half / three quarters of the time, and no other class's name appears."""
+    from fmwiss_d2.data.datasets.shapes import CLASS_ATTRIBUTES
+    from fmwiss_d2.modeling.foundation.data import crop_captions
+
+    assert CLASS_ATTRIBUTES["star"] == ("solid", "yellow green", "pointed")
+    seg = torch.zeros(1, 6, 6, dtype=torch.int16)
+    seg[0, 1:4, 1:4] = 1
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0.0, 0.0, 6.0, 6.0]]).expand(400, -1)
+    got = crop_captions(seg.expand(400, -1, -1), [[10, 3]] * 400, boxes, attributes=True, generator=gen)
+    pattern = re.compile(r"^a picture of a (solid )?(yellow green )?(pointed )?(star|shape) on (shaded )?(blue )?sky\.$")
+    matches = [pattern.match(c) for c in got]
+    assert all(matches), [c for c, m in zip(got, matches) if not m][:3]
+    for group in (1, 2, 3, 5, 6):
+        share = sum(m.group(group) is not None for m in matches) / len(got)
+        assert 0.4 < share < 0.6, (group, share)
+    generic = [m for m in matches if m.group(4) == "shape"]
+    assert all(m.group(1) or m.group(2) or m.group(3) for m in generic)  # "a shape" alone never
+    assert 0.15 < len(generic) / len(got) < 0.3  # 1/4 of the draws with a word kept (7/8 of them): 0.22
+    # without attributes: the names only, and no random draw
+    assert crop_captions(seg, [[10, 3]], boxes[:1]) == ["a picture of a star on sky."]
+
+
+def test_every_class_description_shares_words_with_another_class():
+    """The world's descriptions are what lets a text model relate an unseen class to seen ones: each class's
+    attribute words overlap another class's, and each description ends with the class name."""
+    from fmwiss_d2.data.datasets.shapes import CLASS_ATTRIBUTES, PANOPTIC_CLASSES, class_description
+
+    assert set(CLASS_ATTRIBUTES) == set(PANOPTIC_CLASSES)
+    words = {c: set(" ".join(a).split()) for c, a in CLASS_ATTRIBUTES.items()}
+    for c in PANOPTIC_CLASSES:
+        assert any(words[c] & words[o] for o in PANOPTIC_CLASSES if o != c), c
+    assert class_description("star") == "solid yellow green pointed star"
+
+
+def test_clip_cache_key_depends_on_the_caption_style_only_when_attributes():
+    """Checkpoints trained before the caption style existed ("names") keep their cache path."""
+    from dataclasses import asdict, replace
+
+    from fmwiss_d2.data.datasets.shapes import WorldSpec
+    from fmwiss_d2.modeling.foundation import pretrain_clip as pc
+    from fmwiss_d2.modeling.foundation.checkpoint import cache_key
+
+    spec, config = WorldSpec(), pc.CLIPPretrainConfig()
+    before = {k: v for k, v in asdict(config).items() if k != "captions"}  # the config's fields before the style
+    names = pc.clip_checkpoint_path(spec, "/c", pc.DEFAULT_MODEL, config)
+    assert cache_key("clip", pc.PRETRAIN_VERSION, asdict(spec), pc._model_config(pc.DEFAULT_MODEL), before) in names
+    assert pc.clip_checkpoint_path(spec, "/c", pc.DEFAULT_MODEL, replace(config, captions="attributes")) != names
+
+
 def test_mass_threshold_and_attention_foreground_hand_worked():
     """Attention 0.5 / 0.3 / 0.1 / 0.1 (row-major 2 x 2): the 60% rule keeps 0.5 and the crossing 0.3; a fake
     ViT whose two heads average to that map gives the same mask at the input's size (4 x 4, 2 x 2 patches)."""

@@ -4,10 +4,12 @@
     python tools/pretrain_clip.py                      # default world (seed 0), default training config
     python tools/pretrain_clip.py --steps 20 --num-train 64 --num-val 16 --image-size 64   # a quick smoke run
     python tools/pretrain_clip.py --eval               # also measure zero-shot crop top-1 and dense mIoU on val
+    python tools/pretrain_clip.py --captions attributes   # captions with colour/texture/outline words (PADing)
 
 Configs with ``MODEL.CLIP.CHECKPOINT: "auto:shapes"`` call the same function (``ensure_tiny_clip``).
 """
 import argparse
+from dataclasses import replace
 import json
 import os
 import sys
@@ -16,7 +18,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fmwiss_d2.modeling.foundation.cli import add_pretrain_args, parse_pretrain_args  # noqa: E402
-from fmwiss_d2.modeling.foundation.pretrain_clip import DEFAULT_MODEL, CLIPPretrainConfig, ensure_tiny_clip  # noqa: E402
+from fmwiss_d2.modeling.foundation.pretrain_clip import (  # noqa: E402
+    CAPTION_STYLES, DEFAULT_MODEL, CLIPPretrainConfig, ensure_tiny_clip)
 from fmwiss_d2.utils.errors import run_cli  # noqa: E402
 
 
@@ -25,8 +28,11 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model name or model-config JSON")
     add_pretrain_args(p, d)
+    p.add_argument("--captions", choices=CAPTION_STYLES, default=d.captions,
+                   help="'attributes': captions also give the classes' colour, texture and outline words")
     p.add_argument("--eval", action="store_true", help="print zero-shot and dense quality on the val split")
     args, spec, config = parse_pretrain_args(p, argv, CLIPPretrainConfig)
+    config = replace(config, captions=args.captions)
     t0 = time.time()
     path = ensure_tiny_clip(spec, args.cache_dir, model_name=args.model, config=config)
     print(path)

@@ -127,6 +127,8 @@ class PADing(Method):
                 text_dim, dim = clf.text_embeddings.shape[1], clf.in_dim
                 generator = build_generator(cfg, text_dim, dim)
                 disentangler = FeatureDisentangler(dim, text_dim, c.GENERATOR_HIDDEN_DIM) if c.DISENTANGLE else None
+        if c.CLASS_TEXT not in ("name", "description"):
+            raise MethodConfigError(f"METHOD.PADING.CLASS_TEXT must be 'name' or 'description', got {c.CLASS_TEXT!r}")
         if c.ALIGN and not c.DISENTANGLE:
             raise MethodConfigError("METHOD.PADING.ALIGN aligns the semantic-related parts, which need "
                                     "METHOD.PADING.DISENTANGLE True; set ALIGN False too")
@@ -147,13 +149,26 @@ class PADing(Method):
 
             clip = build_clip_from_cfg(cfg, device="cpu")
             with torch.no_grad():
-                text = clip.text_embeddings([prompt_name(c) for c in self.split.classes])
+                text = clip.text_embeddings(self.class_texts(cfg))
             self.model.classifier.set_text_embeddings(text)
             return
         self.model.requires_grad_(False)  # frozen: only the generator (stage "generator") or the head trains
         if self.stage == "classifier":
             self.model.classifier.requires_grad_(True)
             self.add_frozen("generator", self._load_generator(cfg))
+
+    def class_texts(self, cfg) -> list[str]:
+        """The text CLIP embeds for each class, in model order (``METHOD.PADING.CLASS_TEXT``)."""
+        if cfg.METHOD.PADING.CLASS_TEXT == "name":
+            return [prompt_name(c) for c in self.split.classes]
+        dataset = cfg.DATASETS.TRAIN[0]
+        descriptions = MetadataCatalog.get(dataset).get("class_descriptions") or {}
+        missing = [c for c in self.split.classes if c not in descriptions]
+        if missing:
+            raise MethodConfigError(f"METHOD.PADING.CLASS_TEXT 'description' needs the metadata 'class_descriptions' "
+                                    f"of '{dataset}' to describe every class; missing: {missing[:5]}. Set "
+                                    "CLASS_TEXT 'name' or add the descriptions to the dataset's metadata")
+        return [descriptions[c] for c in self.split.classes]
 
     def _load_generator(self, cfg):
         from ..utils.checkpoint_files import load_checkpoint_file

@@ -62,6 +62,35 @@ _THING_HUES = [0.0, 0.08, 0.15, 0.25, 0.35, 0.47, 0.58, 0.68, 0.78, 0.9]
 _THING_TEXTURES = ["solid", "stripes", "checker", "solid", "gradient", "stripes", "dots", "noise", "solid", "gradient"]
 THING_COLORS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.9)) for h in _THING_HUES]
 STUFF_COLORS = [(135, 190, 235), (150, 110, 100), (70, 150, 60), (215, 195, 140)]
+
+# What each class looks like, in words that do not name it: (texture, colour, outline) of a thing, (texture,
+# colour) of a stuff class. Each word is shared by several classes (star: "solid" like the disc and the crescent,
+# "yellow green" between the yellow triangle and the green ring), so a text model trained on captions that use
+# them places a class next to the classes that look like it -- the structure zero-shot methods transfer from
+# seen to unseen classes (real CLIP learns it from web captions; docs/pading.md). Written from the generator's
+# hues, textures and shapes above.
+CLASS_ATTRIBUTES = {
+    "disc": ("solid", "red", "round"),
+    "square": ("striped", "orange", "angular"),
+    "triangle": ("checkered", "yellow", "angular pointed"),
+    "star": ("solid", "yellow green", "pointed"),
+    "ring": ("shaded", "green", "round hollow"),
+    "cross": ("striped", "cyan", "angular"),
+    "diamond": ("dotted", "cyan blue", "angular pointed"),
+    "hexagon": ("noisy", "blue", "angular"),
+    "crescent": ("solid", "purple", "round pointed"),
+    "heart": ("shaded", "purple red", "round pointed"),
+    "sky": ("shaded", "blue"),
+    "wall": ("bricked", "red"),
+    "grass": ("grainy", "green"),
+    "sand": ("grainy", "yellow"),
+}
+
+
+def class_description(name: str) -> str:
+    """The class's attribute words and its name, e.g. ``"solid yellow green pointed star"``: the text a
+    zero-shot classifier embeds for a class of this world when it is set to describe classes."""
+    return " ".join((*CLASS_ATTRIBUTES[name], name))
 SEM_SEG_COLORS = [(0, 0, 0)] + THING_COLORS
 
 # Object placement of a world. "scene": objects of radius 0.1-0.22 of the side anywhere (the default world, a
@@ -558,7 +587,8 @@ def register_shapes(prefix: str = "shapes", spec: WorldSpec = WorldSpec(), cache
 
     for split in SPLIT_STREAMS:
         root = split_root(spec, split, cache_dir, num_test)
-        common = {"world_spec": asdict(spec), "world_root": root, "num_test": num_test}
+        common = {"world_spec": asdict(spec), "world_root": root, "num_test": num_test,
+                  "class_descriptions": {n: class_description(n) for n in PANOPTIC_CLASSES}}
         name = f"{prefix}_sem_seg_{split}"
         DatasetCatalog.register(name, lambda s=split: load_shapes_sem_seg(spec, s, cache_dir, num_test))
         MetadataCatalog.get(name).set(

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fmwiss_d2.data.datasets.coco import rgb_to_panoptic_id
-from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, PLURALS, STUFF_CLASSES, THING_CLASSES, WorldSpec,
-                                            ensure_split, load_shapes_sem_seg)
+from fmwiss_d2.data.datasets.shapes import (_COUNT_WORDS, CLASS_ATTRIBUTES, PLURALS, STUFF_CLASSES, THING_CLASSES,
+                                            WorldSpec, ensure_split, load_shapes_sem_seg)
 
 __all__ = ["load_world_split", "random_resized_crops", "flip_horizontal", "color_jitter", "gaussian_blur",
            "instance_crops", "load_world_segments", "crop_captions"]
@@ -177,13 +177,19 @@ def _join(parts: list[str]) -> str:
 
 
 def crop_captions(seg: torch.Tensor, categories: list[list[int]], boxes: torch.Tensor,
-                  min_inside: float = 0.5) -> list[str]:
+                  min_inside: float = 0.5, *, attributes: bool = False,
+                  generator: torch.Generator | None = None) -> list[str]:
     """A caption per crop naming what it shows, in the world's caption words: every object with at least
     ``min_inside`` of its visible pixels inside the box (with counts), then the stuff regions in it.
 
     ``seg`` ``(B, S, S)`` and ``categories`` from :func:`load_world_segments` (the crops' images); ``boxes``
     ``(B, 4)`` ``x0, y0, x1, y1`` in pixels. Why: a zoomed-in crop paired with the whole image's caption
     names objects it does not show, which blurs which words go with which shape.
+
+    ``attributes``: each mention also says what the class looks like (:data:`CLASS_ATTRIBUTES`), each word group
+    kept with probability 1/2 and a thing's name replaced by "shape" with probability 1/4 (at least one word
+    left), drawn from ``generator``. Why: words that always come together are learnt as one; dropping them at
+    random makes each word stand for what it shows, across the classes that share it.
     """
     n_things = len(THING_CLASSES)
     out = []
@@ -200,8 +206,23 @@ def crop_captions(seg: torch.Tensor, categories: list[list[int]], boxes: torch.T
                 counts[c] = counts.get(c, 0) + 1
             elif c >= n_things and inside[j] > 0:
                 stuff.add(c - n_things)
-        things = [f"a {THING_CLASSES[c]}" if k == 1 else f"{_COUNT_WORDS.get(k, k)} {PLURALS[THING_CLASSES[c]]}"
-                  for c, k in sorted(counts.items())]
-        where = _join([STUFF_CLASSES[s] for s in sorted(stuff)]) if stuff else "the background"
+        things = []
+        for c, k in sorted(counts.items()):
+            name = THING_CLASSES[c] if k == 1 else PLURALS[THING_CLASSES[c]]
+            if attributes:
+                name = _describe(THING_CLASSES[c], name, "shape" if k == 1 else "shapes", generator)
+            things.append(f"a {name}" if k == 1 else f"{_COUNT_WORDS.get(k, k)} {name}")
+        places = [STUFF_CLASSES[s] for s in sorted(stuff)]
+        if attributes:
+            places = [_describe(p, p, None, generator) for p in places]
+        where = _join(places) if places else "the background"
         out.append(f"a picture of {_join(things)} on {where}." if things else f"a picture of {where}.")
     return out
+
+
+def _describe(cls: str, name: str, generic: str | None, generator: torch.Generator | None) -> str:
+    """``name`` preceded by a random subset of ``cls``'s attribute words; replaced by ``generic`` (when given)
+    with probability 1/4 unless no attribute word was kept."""
+    words = [w for w in CLASS_ATTRIBUTES[cls] if torch.rand((), generator=generator).item() < 0.5]
+    drop_name = generic is not None and torch.rand((), generator=generator).item() < 0.25
+    return " ".join(words + [generic if drop_name and words else name])

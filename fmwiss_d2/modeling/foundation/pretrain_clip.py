@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from fmwiss_d2.data.datasets.shapes import WorldSpec
+from fmwiss_d2.data.datasets.shapes import CLASS_ATTRIBUTES, WorldSpec
 
 from .checkpoint import atomic_save, cache_key, file_lock, foundation_cache_dir
 
@@ -30,6 +30,7 @@ __all__ = ["CLIPPretrainConfig", "pretrain_clip", "ensure_tiny_clip", "clip_chec
 
 PRETRAIN_VERSION = 2  # bump when the training procedure changes: a new cache entry is made
 DEFAULT_MODEL = "ShapesCLIP-Tiny"
+CAPTION_STYLES = ("names", "attributes")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class CLIPPretrainConfig:
     weight_decay: float = 0.1  # on matrices only (not on gains, biases, embeddings' scale)
     crop_scale: tuple = (0.08, 1.0)  # random-resized-crop area range (the usual 0.08..1: zoomed-in views)
     crop_captions: bool = True  # caption each crop with what it shows (data.crop_captions), not the whole image
+    captions: str = "names"  # "names": classes by name; "attributes": also what they look like (data.crop_captions)
     seed: int = 0  # initialization, batch order and augmentations
 
 
@@ -67,7 +69,12 @@ def _model_config(model_name: str) -> dict:
 
 def clip_checkpoint_path(spec: WorldSpec, cache_dir: str | None, model_name: str, config: CLIPPretrainConfig) -> str:
     """``<cache>/foundation/clip-<model>-seed<s>-<hash>.pt``; the hash covers world, model and training config."""
-    key = cache_key("clip", PRETRAIN_VERSION, asdict(spec), _model_config(model_name), asdict(config))
+    fields = asdict(config)
+    if fields["captions"] == "names":  # the checkpoints made before the field existed keep their key
+        del fields["captions"]
+    else:  # the captions' words are part of what was trained
+        fields["attributes"] = {k: list(v) for k, v in CLASS_ATTRIBUTES.items()}
+    key = cache_key("clip", PRETRAIN_VERSION, asdict(spec), _model_config(model_name), fields)
     name = os.path.splitext(os.path.basename(model_name))[0]
     return os.path.join(foundation_cache_dir(cache_dir), f"clip-{name}-seed{config.seed}-{key}.pt")
 
@@ -127,7 +134,8 @@ def pretrain_clip(
             g["lr"] = lr
         x, boxes = random_resized_crops(images[idx].float(), size, config.crop_scale, gen, return_boxes=True)
         if config.crop_captions:
-            text = tokenizer(crop_captions(seg[idx], [categories[i] for i in idx.tolist()], boxes))
+            text = tokenizer(crop_captions(seg[idx], [categories[i] for i in idx.tolist()], boxes,
+                                           attributes=config.captions == "attributes", generator=gen))
         else:
             text = tokens[idx]
         x = color_jitter(flip_horizontal(x, gen), gen, brightness=0.2, contrast=0.2, saturation=0.2)
@@ -187,5 +195,8 @@ def pretrain_config_from_cfg(cfg):
     """``(WorldSpec, cache_dir, CLIPPretrainConfig)`` from ``cfg.SHAPES`` and ``cfg.MODEL.CLIP.PRETRAIN``."""
     s, p = cfg.SHAPES, cfg.MODEL.CLIP.PRETRAIN
     spec = WorldSpec(seed=s.SEED, image_size=s.IMAGE_SIZE, num_train=s.NUM_TRAIN, num_val=s.NUM_VAL)
-    config = replace(CLIPPretrainConfig(), steps=p.STEPS, batch_size=p.BATCH_SIZE, lr=p.LR, seed=p.SEED)
+    if p.CAPTIONS not in CAPTION_STYLES:
+        raise ValueError(f"MODEL.CLIP.PRETRAIN.CAPTIONS must be one of {CAPTION_STYLES}, got {p.CAPTIONS!r}")
+    config = replace(CLIPPretrainConfig(), steps=p.STEPS, batch_size=p.BATCH_SIZE, lr=p.LR, seed=p.SEED,
+                     captions=p.CAPTIONS)
     return spec, s.CACHE_DIR or None, config
