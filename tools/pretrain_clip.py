@@ -9,11 +9,11 @@
 Configs with ``MODEL.CLIP.CHECKPOINT: "auto:shapes"`` call the same function (``ensure_tiny_clip``).
 """
 import argparse
-from dataclasses import replace
 import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

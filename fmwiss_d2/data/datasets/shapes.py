@@ -62,6 +62,7 @@ _THING_HUES = [0.0, 0.08, 0.15, 0.25, 0.35, 0.47, 0.58, 0.68, 0.78, 0.9]
 _THING_TEXTURES = ["solid", "stripes", "checker", "solid", "gradient", "stripes", "dots", "noise", "solid", "gradient"]
 THING_COLORS = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.9)) for h in _THING_HUES]
 STUFF_COLORS = [(135, 190, 235), (150, 110, 100), (70, 150, 60), (215, 195, 140)]
+SEM_SEG_COLORS = [(0, 0, 0)] + THING_COLORS
 
 # What each class looks like, in words that do not name it: (texture, colour, outline) of a thing, (texture,
 # colour) of a stuff class. Each word is shared by several classes (star: "solid" like the disc and the crescent,
@@ -91,7 +92,7 @@ def class_description(name: str) -> str:
     """The class's attribute words and its name, e.g. ``"solid yellow green pointed star"``: the text a
     zero-shot classifier embeds for a class of this world when it is set to describe classes."""
     return " ".join((*CLASS_ATTRIBUTES[name], name))
-SEM_SEG_COLORS = [(0, 0, 0)] + THING_COLORS
+
 
 # Object placement of a world. "scene": objects of radius 0.1-0.22 of the side anywhere (the default world, a
 # VOC-like scene). "object_centric": ImageNet-like photos -- large objects (radius 0.35-0.5) placed near the
