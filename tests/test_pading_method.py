@@ -195,4 +195,3 @@ def test_class_text_descriptions_come_from_the_dataset_metadata(split, monkeypat
     bad = _cfg("seen", "METHOD.PADING.CLASS_TEXT", "caption")
     with pytest.raises(MethodConfigError, match="CLASS_TEXT"):
         build_method(bad, build_model(bad))
-

@@ -343,6 +343,8 @@ def test_clip_cache_key_depends_on_the_caption_style_only_when_attributes():
     names = pc.clip_checkpoint_path(spec, "/c", pc.DEFAULT_MODEL, config)
     assert cache_key("clip", pc.PRETRAIN_VERSION, asdict(spec), pc._model_config(pc.DEFAULT_MODEL), before) in names
     assert pc.clip_checkpoint_path(spec, "/c", pc.DEFAULT_MODEL, replace(config, captions="attributes")) != names
+    with pytest.raises(ValueError, match=r"MODEL\.CLIP\.PRETRAIN\.CAPTIONS.*'attribute'"):
+        replace(config, captions="attribute")
 
 
 def test_mass_threshold_and_attention_foreground_hand_worked():

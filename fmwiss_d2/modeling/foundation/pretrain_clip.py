@@ -47,6 +47,12 @@ class CLIPPretrainConfig:
     captions: str = "names"  # "names": classes by name; "attributes": also what they look like (data.crop_captions)
     seed: int = 0  # initialization, batch order and augmentations
 
+    def __post_init__(self):
+        # checked here, where every caller passes: a misspelt style would train on names under an attributes key
+        if self.captions not in CAPTION_STYLES:
+            raise ValueError(f"CLIP pretraining captions must be one of {CAPTION_STYLES} (MODEL.CLIP.PRETRAIN.CAPTIONS, "
+                             f"tools/pretrain_clip.py --captions), got {self.captions!r}")
+
 
 def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor):
     """Symmetric InfoNCE: ``(CE(s I T^T, diag) + CE(s T I^T, diag)) / 2`` on L2-normalized embeddings."""
@@ -195,8 +201,6 @@ def pretrain_config_from_cfg(cfg):
     """``(WorldSpec, cache_dir, CLIPPretrainConfig)`` from ``cfg.SHAPES`` and ``cfg.MODEL.CLIP.PRETRAIN``."""
     s, p = cfg.SHAPES, cfg.MODEL.CLIP.PRETRAIN
     spec = WorldSpec(seed=s.SEED, image_size=s.IMAGE_SIZE, num_train=s.NUM_TRAIN, num_val=s.NUM_VAL)
-    if p.CAPTIONS not in CAPTION_STYLES:
-        raise ValueError(f"MODEL.CLIP.PRETRAIN.CAPTIONS must be one of {CAPTION_STYLES}, got {p.CAPTIONS!r}")
     config = replace(CLIPPretrainConfig(), steps=p.STEPS, batch_size=p.BATCH_SIZE, lr=p.LR, seed=p.SEED,
                      captions=p.CAPTIONS)
     return spec, s.CACHE_DIR or None, config
