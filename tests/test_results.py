@@ -130,6 +130,26 @@ def test_an_incremental_table_renders_one_row_per_method():
     assert results.render_markdown(flat).startswith("| metric |")
 
 
+def test_a_zero_shot_table_renders_one_row_per_variant():
+    per_seed = {"0": {"PADing mIoU seen": 70.0, "PADing mIoU unseen": 4.0, "PADing PQ unseen": 0.0,
+                      "GMMN mIoU unseen": 2.0},
+                "1": {"PADing mIoU seen": 68.0, "PADing mIoU unseen": 2.0, "PADing PQ unseen": 0.0,
+                      "GMMN mIoU unseen": 3.0}}
+    result = dict(RESULT, seeds=[0, 1], notes="", paper_source="", per_seed=per_seed,
+                  mean={"PADing mIoU seen": 69.0, "PADing mIoU unseen": 3.0, "PADing PQ unseen": 0.0,
+                        "GMMN mIoU unseen": 2.5},
+                  std={"PADing mIoU seen": 1.4142, "PADing mIoU unseen": 1.4142, "PADing PQ unseen": 0.0,
+                       "GMMN mIoU unseen": 0.7071},
+                  paper={"PADing mIoU seen": 40.6, "PADing PQ unseen": 14.4})
+    table = results.render_markdown(result).split("\n\n")[0]
+    assert table == """\
+| method | mIoU seen: mean ± std over seeds 0, 1 | mIoU unseen | hIoU | PQ seen | PQ unseen | PQ HM | mIoU unseen, \
+per seed | paper: mIoU seen / mIoU unseen / hIoU / PQ seen / PQ unseen / PQ HM |
+|---|---|---|---|---|---|---|---|---|
+| PADing | 69.0 ± 1.4 | 3.0 ± 1.4 | - | - | 0.0 ± 0.0 | - | 4.0, 2.0 | 40.6 / - / - / - / 14.4 / - |
+| GMMN | - | 2.5 ± 0.7 | - | - | - | - | 2.0, 3.0 | - |"""
+
+
 def test_readme_block_replacement(tmp_path):
     text = "# Title\n\nintro\n<!-- results:fake -->\nold line 1\nold line 2\n<!-- /results:fake -->\nafter\n"
     expected = "# Title\n\nintro\n<!-- results:fake -->\n| a |\n|---|\n<!-- /results:fake -->\nafter\n"

@@ -305,39 +305,44 @@ def shell_command(argv: Sequence[str]) -> str:
     return " ".join(a if re.fullmatch(r"[\w@%+=:,./{}-]+", a) else shlex.quote(a) for a in argv)
 
 
-INCREMENTAL_PARTS = ("old", "new", "all")  # column suffixes of an incremental table: "<method> old" etc.
+# Tables whose columns are all "<row> <part>" read better as one row per method or variant: (the parts, in column
+# order; the part whose per-seed numbers the row shows). Incremental tables, then zero-shot ones.
+ROW_LAYOUTS = ((("old", "new", "all"), "all"),
+               (("mIoU seen", "mIoU unseen", "hIoU", "PQ seen", "PQ unseen", "PQ HM"), "mIoU unseen"))
 
 
-def _incremental_rows(columns) -> dict | None:
-    """``{method: {part: column}}`` when every column is "<method> old|new|all" (and some method has old and
-    new), else None: such a table reads better as one row per method."""
+def _grouped_rows(columns, parts: Sequence[str]) -> dict | None:
+    """``{row: {part: column}}`` when every column is "<row> <part>" with a part of ``parts`` (and some row has
+    two parts or more), else None."""
     rows: dict = {}
     for column in columns:
-        method, _, part = column.rpartition(" ")
-        if not method or part not in INCREMENTAL_PARTS:
+        part = next((p for p in parts if column.endswith(f" {p}") and len(column) > len(p) + 1), None)
+        if part is None:
             return None
-        rows.setdefault(method, {})[part] = column
-    return rows if any({"old", "new"} <= set(parts) for parts in rows.values()) else None
+        rows.setdefault(column[: -len(part) - 1], {})[part] = column
+    return rows if any(len(found) > 1 for found in rows.values()) else None
 
 
 def render_markdown(result: dict) -> str:
     """The table of a ``results/<table>.json``: ours (mean ± std and per seed) beside the paper. One row per
-    metric; for an incremental table (columns "<method> old|new|all") one row per method, with the per-seed
-    numbers of "all" (the others are in the file)."""
+    metric; for a table of a :data:`ROW_LAYOUTS` layout (e.g. columns "<method> old|new|all") one row per method,
+    with the per-seed numbers of one part (the others are in the file)."""
     seeds, digits = result["seeds"], result["digits"]
     over = f"mean ± std over seeds {', '.join(map(str, seeds))}"
     ours = lambda c: f"{_fmt(result['mean'][c], digits)} ± {_fmt(result['std'][c], digits)}"  # noqa: E731
     per_seed = lambda c: ", ".join(_fmt(result["per_seed"][str(s)].get(c), digits) for s in seeds)  # noqa: E731
-    grouped = _incremental_rows(result["mean"])
-    if grouped:
-        lines = [f"| method | old: {over} | new | all | all, per seed | paper: old / new / all |",
-                 "|---|---|---|---|---|---|"]
-        for method, parts in grouped.items():
-            cells = [ours(parts[p]) if p in parts else "-" for p in INCREMENTAL_PARTS]
-            paper = [result["paper"].get(parts[p]) if p in parts else None for p in INCREMENTAL_PARTS]
+    layout = next(((parts, shown, rows) for parts, shown in ROW_LAYOUTS
+                   if (rows := _grouped_rows(result["mean"], parts))), None)
+    if layout:
+        parts, shown, rows = layout
+        lines = [f"| method | {parts[0]}: {over} | {' | '.join(parts[1:])} | {shown}, per seed | "
+                 f"paper: {' / '.join(parts)} |", "|---" * (len(parts) + 3) + "|"]
+        for method, found in rows.items():
+            cells = [ours(found[p]) if p in found else "-" for p in parts]
+            paper = [result["paper"].get(found[p]) if p in found else None for p in parts]
             paper_cell = " / ".join(_fmt(v, digits) for v in paper) if any(v is not None for v in paper) else "-"
-            all_seeds = per_seed(parts["all"]) if "all" in parts else "-"
-            lines.append(f"| {method} | {' | '.join(cells)} | {all_seeds} | {paper_cell} |")
+            seeds_cell = per_seed(found[shown]) if shown in found else "-"
+            lines.append(f"| {method} | {' | '.join(cells)} | {seeds_cell} | {paper_cell} |")
     else:
         lines = [f"| metric | ours: {over} | per seed | paper |", "|---|---|---|---|"]
         for column in result["mean"]:
