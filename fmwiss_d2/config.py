@@ -268,6 +268,7 @@ def _add_fmwiss_config(cfg):
     c.BANK_CROP = 64  # stored instances are resized to BANK_CROP x BANK_CROP
     c.PASTE_PER_IMAGE = 1  # old-class instances pasted into each training image
     c.PASTE_SCALE = [0.25, 0.5]  # pasted side / the image's shorter side, drawn uniformly in this range
+    c.HARD_PSEUDO_MASKS = False  # True: the teacher's targets are the one-hot argmax of the pseudo masks
     c.OLD_MODEL_VETO = False  # True: pseudo masks' new classes scaled by the old model's background probability
     c.PASTE_AVOID_NEW = False  # True: place each paste (best of 8 random places) off the new classes' pseudo masks
 

@@ -255,6 +255,7 @@ def test_the_mask2former_config_is_the_deeplabv3_recipe_on_the_other_family():
     assert m2f.MODEL.META_ARCHITECTURE == "MaskFormer" and m2f.MODEL.MASK_FORMER == mib.MODEL.MASK_FORMER
     assert m2f.MODEL.TINY == mib.MODEL.TINY and m2f.MODEL.SEM_SEG_HEAD == mib.MODEL.SEM_SEG_HEAD
     assert m2f.METHOD.FMWISS == deeplab.METHOD.FMWISS and m2f.INCREMENTAL == deeplab.INCREMENTAL
+    assert m2f.PSEUDO_LABELS == deeplab.PSEUDO_LABELS
     names = lambda cfg: [v.split(":")[0] for v in cfg.PROTOCOL.VARIANTS]  # noqa: E731
     assert names(m2f) == names(deeplab)
     mib_pixel = [v for v in m2f.PROTOCOL.VARIANTS if v.startswith("MiB-pixel:")][0]
@@ -323,7 +324,8 @@ def test_a_weak_step_learns_from_a_dupl_model_through_the_source_key(task, tmp_p
     assert torch.allclose(losses["loss_teacher_bce"].detach(), expected, rtol=1e-5)
 def test_pastes_avoid_the_new_pseudo_masks_and_the_old_model_vetoes_them(task, tmp_path, monkeypatch):
     """``PASTE_AVOID_NEW``: copy-paste is told to avoid exactly the pixels the source gives to a new class;
-    ``OLD_MODEL_VETO``: the teacher's targets are the source's scores scaled by the old model's background."""
+    ``OLD_MODEL_VETO``: the teacher's targets are the source's scores scaled by the old model's background;
+    ``HARD_PSEUDO_MASKS``: they are the one-hot of the pseudo masks' argmax."""
     from detectron2.modeling import build_model
 
     from fmwiss_d2.data.dataset_mappers import build_dataset_mapper
@@ -377,6 +379,19 @@ def test_pastes_avoid_the_new_pseudo_masks_and_the_old_model_vetoes_them(task, t
         t = method.teacher(model.pixel_features(model.forward_outputs(images.tensor)), images.tensor.shape[-2:])
     assert torch.allclose(masks[:, 7:], veto)
     assert torch.allclose(losses["loss_teacher_bce"].detach(), soft_bce(t["logits"], masks, pseudo.valid), rtol=1e-5)
+
+    method, images, pseudo, losses = one_batch("METHOD.FMWISS.COPY_PASTE", "False",
+                                               "METHOD.FMWISS.HARD_PSEUDO_MASKS", "True")
+    model = method.model
+    with torch.no_grad():
+        old = method.old_model.per_pixel_scores(method.old_model.forward_outputs(images.tensor))
+        soft = combine_pseudo_masks(pseudo.scores, old / old.sum(1, keepdim=True), method.new_ids)
+        hard = torch.zeros_like(soft)
+        for b, y, x in torch.cartesian_prod(*(torch.arange(n) for n in (soft.shape[0], *soft.shape[2:]))).tolist():
+            hard[b, soft[b, :, y, x].argmax(), y, x] = 1.0  # by hand, pixel by pixel
+        t = method.teacher(model.pixel_features(model.forward_outputs(images.tensor)), images.tensor.shape[-2:])
+    assert (soft[:, 7:] > 0).any() and not torch.equal(hard, soft)
+    assert torch.allclose(losses["loss_teacher_bce"].detach(), soft_bce(t["logits"], hard, pseudo.valid), rtol=1e-5)
 
 
 def test_the_new_rows_learn_at_their_own_rate(task, tmp_path):

@@ -63,7 +63,8 @@ class FMWISS(Method):
                  pos_weight_max: float = 0.0,
                  pos_weight_student: bool = True,
                  memory_bank: MemoryBank | None, paste_per_image: int, paste_scale,
-                 paste_avoid_new: bool = False, old_model_veto: bool = False, identity: Dict | None):
+                 paste_avoid_new: bool = False, old_model_veto: bool = False, hard_pseudo_masks: bool = False,
+                 identity: Dict | None):
         """
         Args:
             source: registered name of the new classes' pseudo-label source (built for training only, kept
@@ -87,6 +88,7 @@ class FMWISS(Method):
                 paste over a new object hides the only (image-level) evidence the step has of it.
             old_model_veto: the pseudo masks' new classes only where the old model sees background
                 (:func:`combine_pseudo_masks`): a source's map that bleeds onto an old object is cut there.
+            hard_pseudo_masks: the teacher learns the one-hot argmax of the pseudo masks instead of the soft masks.
             identity: (task, step, classes) the bank is stamped with.
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)
@@ -107,6 +109,7 @@ class FMWISS(Method):
         self.paste_scale = tuple(paste_scale)
         self.paste_avoid_new = bool(paste_avoid_new)
         self.old_model_veto = bool(old_model_veto)
+        self.hard_pseudo_masks = bool(hard_pseudo_masks)
         self.identity = identity
         self._previous_weights = ""
 
@@ -143,7 +146,8 @@ class FMWISS(Method):
             "pos_weight_max": c.POS_WEIGHT_MAX, "pos_weight_student": c.POS_WEIGHT_STUDENT,
             "memory_bank": bank,
             "paste_per_image": c.PASTE_PER_IMAGE, "paste_scale": c.PASTE_SCALE,
-            "paste_avoid_new": c.PASTE_AVOID_NEW, "old_model_veto": c.OLD_MODEL_VETO, "identity": identity,
+            "paste_avoid_new": c.PASTE_AVOID_NEW, "old_model_veto": c.OLD_MODEL_VETO,
+            "hard_pseudo_masks": c.HARD_PSEUDO_MASKS, "identity": identity,
         }
 
     def start_step(self) -> None:
@@ -277,6 +281,8 @@ class FMWISS(Method):
             old_probs = class_probabilities(self.old_model, self.old_model.forward_outputs(x), (h, w))
             masks = combine_pseudo_masks(pseudo.scores.to(raw), old_probs, self.new_ids,
                                          model.background_logits[0] if self.old_model_veto else None)
+            if self.hard_pseudo_masks:
+                masks = _one_hot_where(masks, masks.argmax(1))
             masks = _one_hot_where(masks, pasted)
             valid = (pseudo.valid.to(raw.device) | (pasted >= 0)) & inside
 
