@@ -194,13 +194,23 @@ def test_readers_on_hand_written_files(tmp_path):
     assert got == pytest.approx({"DuPL/test/sem_seg/mIoU": 60.0, "FullySupervised/test/sem_seg/mIoU": 75.0,
                                  "DuPL % of FullySupervised/test/sem_seg/mIoU": 80.0,  # 60 / 75
                                  "FullySupervised % of DuPL/test/sem_seg/mIoU": 125.0})
+    folder = tmp_path / "pseudo_labels"
+    folder.mkdir()
+    (folder / "CoSegmentation.json").write_text('{"source": "CoSegmentation", "metrics": {"mIoU_labelled": 51.7}}')
+    (folder / "Localizer.json").write_text('{"metrics": {"mIoU_labelled": 9.4, "IoU": {"heart": 16.2}}}')
+    (folder / "notes.txt").write_text("not read")
+    assert results.READERS["json_folder"](str(folder)) == {
+        "CoSegmentation/source": "CoSegmentation", "CoSegmentation/metrics/mIoU_labelled": 51.7,
+        "Localizer/metrics/mIoU_labelled": 9.4, "Localizer/metrics/IoU/heart": 16.2}
+    with pytest.raises(results.ResultsError, match="not a folder"):
+        results.READERS["json_folder"](str(folder / "Localizer.json"))
 
 
 def test_builtin_tables_point_at_real_files():
     """Every registered table reads with a known reader, runs files of this checkout and shows paper numbers only
     for its own columns."""
     assert {"mask2former_semantic", "mask2former_panoptic", "mib_deeplabv3_6-4", "mib_deeplabv3_6-2-2",
-            "mib_mask2former_6-4", "foundation", "fmwiss_6-4"} <= set(results.TABLES)
+            "mib_mask2former_6-4", "foundation", "fmwiss_6-4", "fmwiss_pseudo_labels"} <= set(results.TABLES)
     for table in results.TABLES.values():
         assert table.reader in results.READERS and table.seeds == (0, 1, 2)
         assert set(table.paper) <= {c for c, _ in table.metrics}

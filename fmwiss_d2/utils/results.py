@@ -162,12 +162,22 @@ def _read_variants_summary(path: str) -> dict:
     return out
 
 
+def _read_json_folder(path: str) -> dict:
+    """Every ``*.json`` of a folder (e.g. ``tools/generate_pseudo_labels.py``'s results, one file per source),
+    keyed ``{file stem}/{nested key}``."""
+    if not os.path.isdir(path):
+        raise ResultsError(f"{path} is not a folder of JSON files")
+    return {f"{name[:-5]}/{k}": v for name in sorted(os.listdir(path)) if name.endswith(".json")
+            for k, v in _read_json(os.path.join(path, name)).items()}
+
+
 READERS: dict[str, Callable[[str], dict]] = {
     "detectron2_metrics": _read_detectron2_metrics,
     "json": _read_json,
     "last_json_line": _read_last_json_line,
     "incremental_summary": _read_incremental_summary,
     "variants_summary": _read_variants_summary,
+    "json_folder": _read_json_folder,
 }
 
 
@@ -185,7 +195,7 @@ def git_state(cwd: str) -> dict:
 
 def _read_metrics(table: Table, out: str) -> dict:
     path = os.path.join(out, table.result_file)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ResultsError(f"{table.name}: the commands succeeded but wrote no {path}")
     values = READERS[table.reader](path)
     missing = [key for _, key in table.metrics if key not in values]
@@ -519,6 +529,33 @@ register_table(Table(
              + tuple((v, _DUPL_KEY.format(v)) for v in _DUPL_VARIANTS[2:])),
     paper={"DuPL": 69.9}, paper_source="DuPL ViT-B/16, Pascal VOC 2012 val mIoU (paper); not the synthetic world",
     notes="Recipe chosen on val (docs/dupl.md); the ablations are the `PROTOCOL.VARIANTS` of configs/shapes/dupl.yaml.",
+))
+
+
+_PSEUDO = ("{python}", "tools/generate_pseudo_labels.py", "--config-file", "configs/shapes/fmwiss_deeplabv3.yaml",
+           "--split", "test")
+_STEP1 = ("INCREMENTAL.STEP", "1", "OUTPUT_DIR", "{out}")
+register_table(Table(
+    name="fmwiss_pseudo_labels",
+    title="Pseudo-label quality of the weak step of shapes_6-4 (overlap): the step-1 view of the test split (images "
+          "showing a new class, image labels = the new classes present, old classes as background), IoU % against "
+          "the masks, which training never reads (configs/shapes/fmwiss_deeplabv3.yaml)",
+    commands=(("{python}", "tools/train_net.py", "--config-file", "configs/shapes/fmwiss_deeplabv3.yaml",
+               "INCREMENTAL.STEP", "0", "SEED", "{seed}", "SOLVER.CHECKPOINT_PERIOD", "100000",
+               "OUTPUT_DIR", "{out}/step0"),
+              _PSEUDO + ("--source", "CoSegmentation", "--output", "{out}/pseudo_labels/CoSegmentation.json") + _STEP1,
+              _PSEUDO + ("--source", "Localizer", "--output", "{out}/pseudo_labels/Localizer.json",
+                         "INCREMENTAL.PREVIOUS_WEIGHTS", "{out}/step0/model_final.pth",
+                         "PSEUDO_LABELS.LOCALIZER.SEED", "{seed}") + _STEP1,
+              _PSEUDO + ("--source", "CLIPSource", "--output", "{out}/pseudo_labels/CLIPSource.json") + _STEP1),
+    reader="json_folder", result_file="pseudo_labels",
+    metrics=tuple((f"{label} {what}", f"{source}/metrics/{key}")
+                  for source, label in (("CoSegmentation", "CoSegmentation (FMWISS)"),
+                                        ("Localizer", "Localizer (WILSON-style)"), ("CLIPSource", "CLIP alone"))
+                  for what, key in (("new-class mIoU", "mIoU_labelled"), ("mIoU with background", "mIoU"))),
+    notes="The tiny CLIP and DINO are the cached seed-0 models in every seed, as the FMWISS table uses them (like "
+          "published weights), so CoSegmentation and CLIP alone do not vary; the seed is the step-0 model's, on "
+          "which the Localizer is trained, and the Localizer's own.",
 ))
 
 
