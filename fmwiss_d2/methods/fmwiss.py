@@ -88,7 +88,9 @@ class FMWISS(Method):
                 paste over a new object hides the only (image-level) evidence the step has of it.
             old_model_veto: the pseudo masks' new classes only where the old model sees background
                 (:func:`combine_pseudo_masks`): a source's map that bleeds onto an old object is cut there.
-            hard_pseudo_masks: the teacher learns the one-hot argmax of the pseudo masks instead of the soft masks.
+            hard_pseudo_masks: the teacher learns the one-hot argmax of the pseudo masks instead of the soft masks:
+                a soft mask spread over a whole object (``PSEUDO_LABELS.COSEG.OBJECT_FILL``) is a flat target, and a
+                teacher that learns it stays unsure of the new class where its argmax is right.
             identity: (task, step, classes) the bank is stamped with.
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Times a pseudo-label source over the whole training set of a weakly supervised step; prints one JSON line.
 
-    python tools/bench/pseudo_labels.py                       # CoSegmentation, shapes_6-4 step 1 training set
+    python tools/bench/pseudo_labels.py                       # CoSegmentation as FMWISS's shapes config sets it,
+                                                              # shapes_6-4 step 1 training set
     python tools/bench/pseudo_labels.py --source Localizer --threads 1
 
 ``first_s``: prepare + every image computed, into a fresh cache folder (removed afterwards); ``cached_s``: the
@@ -25,7 +26,7 @@ from fmwiss_d2.pseudo_labels.generate import load_step_config, generate_pseudo_l
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config-file", default="configs/shapes/mib_deeplabv3.yaml")
+    p.add_argument("--config-file", default="configs/shapes/fmwiss_deeplabv3.yaml")
     p.add_argument("--source", default="CoSegmentation")
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
