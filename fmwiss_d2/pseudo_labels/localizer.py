@@ -92,7 +92,9 @@ class Localizer(PseudoLabelSource):
     def _old_model(context: PseudoLabelContext) -> nn.Module:
         if context.old_model is None:
             raise UserError("the Localizer pseudo-label source needs the previous step's model (context.old_model): "
-                            "use it at an incremental step >= 1 whose previous step has been trained")
+                            "use it at an incremental step >= 1 whose previous step has been trained, with "
+                            "INCREMENTAL.PREVIOUS_WEIGHTS naming that step's model_final.pth (default: "
+                            "OUTPUT_DIR/step<k-1>/model_final.pth)")
         return context.old_model
 
     def prepare(self, records: Sequence[dict], context: PseudoLabelContext) -> None:

@@ -542,7 +542,7 @@ register_table(Table(
           "the masks, which training never reads (configs/shapes/fmwiss_deeplabv3.yaml)",
     commands=(("{python}", "tools/train_net.py", "--config-file", "configs/shapes/fmwiss_deeplabv3.yaml",
                "INCREMENTAL.STEP", "0", "SEED", "{seed}", "SOLVER.CHECKPOINT_PERIOD", "100000",
-               "OUTPUT_DIR", "{out}/step0"),
+               "OUTPUT_DIR", "{out}"),  # the step's folder: {out}/step0
               _PSEUDO + ("--source", "CoSegmentation", "--output", "{out}/pseudo_labels/CoSegmentation.json") + _STEP1,
               _PSEUDO + ("--source", "Localizer", "--output", "{out}/pseudo_labels/Localizer.json",
                          "INCREMENTAL.PREVIOUS_WEIGHTS", "{out}/step0/model_final.pth",
