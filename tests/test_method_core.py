@@ -329,6 +329,22 @@ def test_backbone_multiplier_reaches_the_backbone_inside_a_method_at_an_incremen
     assert all(lr[id(p)] == pytest.approx(0.01) for p in model.classifier.parameters())
 
 
+def test_a_manifest_leaves_out_the_file_another_writer_is_still_writing(tmp_path):
+    """Two runs may fill one pseudo-label cache at once: the first to finish writes the manifest while the other
+    still holds a temporary file, which it renames a moment later. That file must not be listed."""
+    import json
+
+    from fmwiss_d2.utils.io import atomic_open
+    from fmwiss_d2.utils.manifest import check_manifest, write_manifest
+
+    (tmp_path / "0000000.npz").write_bytes(b"done")
+    with atomic_open(str(tmp_path / "0000001.npz"), "wb") as f:  # the other run, mid-write
+        f.write(b"half")
+        write_manifest(str(tmp_path))
+    assert json.loads((tmp_path / "manifest.json").read_text())["files"] == {"0000000.npz": 4}
+    assert check_manifest("the pseudo-label cache", str(tmp_path))
+
+
 def test_damaged_derived_caches_are_named_with_their_fix(tmp_path, handmade):
     """The pseudo-label cache and the per-image class table check themselves (the world: test_shapes)."""
     import json

@@ -8,6 +8,7 @@ import tempfile
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK  # what a plain open() creates; mkstemp alone would leave 0600
+TEMPORARY_PREFIX = ".tmp-"  # atomic_open's temporary files: never part of a finished folder
 
 
 @contextlib.contextmanager
@@ -20,7 +21,7 @@ def atomic_open(path: str, mode: str = "w", *, fsync: bool = False, **kwargs):
     for thousands of small files)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f

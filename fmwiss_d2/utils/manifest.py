@@ -11,16 +11,21 @@ import os
 from typing import Dict, List, Optional
 
 from .errors import DamagedCacheError
-from .io import atomic_write_json
+from .io import TEMPORARY_PREFIX, atomic_write_json
 
 MANIFEST = "manifest.json"
 
 
 def write_manifest(root: str) -> None:
-    """Records the size of every file under ``root`` (relative POSIX path -> bytes), atomically."""
+    """Records the size of every file under ``root`` (relative POSIX path -> bytes), atomically.
+
+    Temporary files of :func:`~fmwiss_d2.utils.io.atomic_open` (``.tmp-*``) are left out: another process
+    filling the same cache may be writing one, and renames it (or removes it) at any moment."""
     sizes = {}
     for folder, _, files in os.walk(root):
         for name in files:
+            if name.startswith(TEMPORARY_PREFIX):
+                continue
             path = os.path.join(folder, name)
             sizes[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
     sizes.pop(MANIFEST, None)
