@@ -299,6 +299,9 @@ def _add_dupl_config(cfg):
     c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)
     c.CONSISTENCY_WEIGHT = 0.05  # consistency on uncertain/filtered pixels under a strong view (0: ablation)
     c.CONSISTENCY_CONFIDENCE = 0.9  # plain-view prediction used as target where its top probability >= this
+    c.REFINE_ITERS = 10  # pixel-adaptive refinement of the CAMs along image colours before thresholds (0: off)
+    c.REFINE_DILATIONS = [1, 2, 4, 8, 12, 24]  # the refinement's neighbour rings, at half the image size
+    c.REFINE_NORMALIZE = False  # max-min normalise the refined CAMs again before the thresholds
     cfg.PSEUDO_LABELS.DUPL = CN()
     cfg.PSEUDO_LABELS.DUPL.CONFIG_FILE = ""  # config the DuPL checkpoint was trained with
     cfg.PSEUDO_LABELS.DUPL.CHECKPOINT = ""  # the trained DuPL checkpoint (model_final.pth)

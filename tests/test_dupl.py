@@ -104,6 +104,65 @@ def test_cams_become_background_uncertain_and_foreground_labels_of_the_images_cl
     assert per_image[1, 0].tolist() == [0, 255, 255, 255]  # a higher tau_h for image 1 only
 
 
+def _slow_affinity(image, dilations, color_scale=0.3, position_weight=0.01):
+    """Pixel by pixel in numpy: the formula of ``neighbour_affinity``'s docstring."""
+    c, h, w = image.shape
+    offsets = [(d * dy, d * dx) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    radius = np.array([math.hypot(oy, ox) for oy, ox in offsets])
+    pos = -((radius / (radius.std(ddof=1) * color_scale)) ** 2)
+    pos = np.exp(pos - pos.max()) / np.exp(pos - pos.max()).sum()
+    out = np.zeros((len(offsets), h, w))
+    for y in range(h):
+        for x in range(w):
+            ring = np.stack([image[:, min(max(y + oy, 0), h - 1), min(max(x + ox, 0), w - 1)] for oy, ox in offsets], 1)
+            spread = ring.std(1, ddof=1, keepdims=True)
+            logit = -((np.abs(ring - image[:, y, x, None]) / (spread * color_scale + 1e-8)) ** 2).mean(0)
+            colour = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
+            a = colour + position_weight * pos
+            out[:, y, x] = a / a.sum()
+    return out, offsets
+
+
+def test_image_affinity_and_one_refinement_step_match_a_pixel_by_pixel_reference():
+    from fmwiss_d2.modeling.losses.dupl import neighbour_affinity, refine_with_image
+
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 7, 6, generator=gen)
+    maps = torch.rand(1, 2, 7, 6, generator=gen)
+    expected, offsets = _slow_affinity(image[0].double().numpy(), (1, 2))
+    got = neighbour_affinity(image, (1, 2))
+    assert got.shape == (1, 16, 7, 6)
+    assert np.allclose(got[0].numpy(), expected, atol=1e-5)
+    # one step: every pixel becomes the affinity-weighted mean of its (edge-replicated) neighbours
+    m, (h, w) = maps[0].double().numpy(), maps.shape[-2:]
+    step = np.zeros_like(m)
+    for y in range(h):
+        for x in range(w):
+            for j, (oy, ox) in enumerate(offsets):
+                step[:, y, x] += expected[j, y, x] * m[:, min(max(y + oy, 0), h - 1), min(max(x + ox, 0), w - 1)]
+    assert np.allclose(refine_with_image(maps, image, 1, (1, 2))[0].numpy(), step, atol=1e-5)
+
+
+def test_refinement_fills_the_object_the_image_shows_and_stops_at_its_edge():
+    from fmwiss_d2.modeling.losses.dupl import refine_with_image
+
+    gen = torch.Generator().manual_seed(0)
+    image = 0.02 * torch.randn(1, 3, 32, 32, generator=gen)
+    image[:, :, 8:24, 8:24] += 1.0  # a bright square on a dark ground
+    cam = torch.zeros(1, 1, 32, 32)
+    cam[:, :, 12:16, 12:16] = 1.0  # a CAM that found a corner of it only
+    out = refine_with_image(cam, image, 10, (1, 2, 4, 8))[0, 0]
+    inside, outside = out[8:24, 8:24], torch.ones(32, 32, dtype=torch.bool)
+    outside[6:26, 6:26] = False
+    # the mass spreads over the whole square (16 of its 256 pixels held it) and does not leak out of it
+    assert inside.min() > 0.02 and inside.sum() / out.sum() > 0.99
+    assert out[outside].max() < 1e-3
+    # a constant map stays the same constant: thresholds mean the same before and after
+    assert torch.allclose(refine_with_image(torch.full((1, 2, 32, 32), 0.4), image, 10, (1, 2, 4, 8)),
+                          torch.tensor(0.4), atol=1e-5)
+    assert refine_with_image(cam, image, 0) is cam
+
+
 def test_dynamic_threshold_starts_descends_by_cosine_and_ends_at_each_class_floor():
     from fmwiss_d2.methods.dupl import high_thresholds, image_high_thresholds
 
@@ -291,6 +350,7 @@ def test_the_ablations_and_the_supervised_reference_are_named_variants_of_the_sh
                 "FixedThreshold": ("DuPL", ("METHOD.DUPL.DYNAMIC_THRESHOLD", "False")),
                 "NoGMM": ("DuPL", ("METHOD.DUPL.NOISE_FILTER", "False")),
                 "NoConsistency": ("DuPL", ("METHOD.DUPL.CONSISTENCY_WEIGHT", "0.0")),
+                "NoRefinement": ("DuPL", ("METHOD.DUPL.REFINE_ITERS", "0")),
                 "FullySupervised": ("Supervised", ("METHOD.NAME", "Supervised", "INPUT.SUPERVISION", "pixel"))}
     for name, (method, opts) in expected.items():
         v = resolve_variant(name, cfg)
@@ -359,3 +419,37 @@ def test_the_per_class_noise_filter_keeps_a_hard_class_that_the_per_image_one_dr
     # per class: the hard class is one cluster (mean gap < eta), kept; the easy class loses its bad pixels only
     assert not dropped["True"][hard].any()
     assert (dropped["True"][labels == 4] == bad[labels == 4]).float().mean() > 0.99
+
+
+def test_the_method_refines_each_images_labelled_classes_then_renormalises(tmp_path):
+    """The method refines only the labelled classes of each image, both students in one call; on those classes
+    the result is what refining every class at half size gives (computed here without the method), then, with
+    ``REFINE_NORMALIZE``, max-min normalised again."""
+    import torch.nn.functional as F
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+    from fmwiss_d2.modeling.losses.dupl import refine_with_image
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.REFINE_ITERS", "3", "METHOD.DUPL.REFINE_DILATIONS", "[1, 2, 4]")
+    method = build_method(cfg, build_model(cfg))
+    g = torch.Generator().manual_seed(0)
+    cams = [torch.rand(3, 10, 16, 16, generator=g) for _ in range(2)]
+    labels = torch.zeros(3, 10)
+    labels[0, [0, 2, 7]] = 1
+    labels[1, 9] = 1  # image 2 has no label: nothing of it is labelled foreground anyway
+    images = torch.rand(3, 3, 16, 16, generator=g)
+    small = F.interpolate(images, size=[8, 8], mode="bilinear", align_corners=False)
+    labelled = labels[:, :, None, None].expand(-1, -1, 16, 16) > 0
+    for normalize in (False, True):
+        method.refine_normalize = normalize
+        for cam, got in zip(cams, method.refine(cams, labels, images)):
+            half = F.interpolate(cam, size=[8, 8], mode="bilinear", align_corners=False)
+            want = F.interpolate(refine_with_image(half, small, 3, (1, 2, 4)), size=[16, 16], mode="bilinear",
+                                 align_corners=False)
+            if normalize:
+                lo, hi = want.amin((2, 3), keepdim=True), want.amax((2, 3), keepdim=True)
+                want = (want - lo) / (hi - lo + 1e-5)
+            assert torch.allclose(got[labelled], want[labelled], atol=1e-5)
+            assert not got[~labelled].any()
+    assert method.refine(cams, torch.zeros(3, 10), images) is cams

@@ -32,7 +32,7 @@ from detectron2.config import configurable
 
 from ..modeling.losses.dupl import (
     cams_to_pseudo_labels, consistency_loss, discrepancy_loss, multilabel_classification_loss, normalize_cams,
-    random_affine, warp, warp_labels,
+    random_affine, refine_with_image, warp, warp_labels,
 )
 from ..modeling.losses.gmm import gmm_noise_filter
 from ..pseudo_labels.sources import labelled_classes
@@ -86,7 +86,9 @@ class DuPL(Method):
                  threshold_end_iter: int,
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
                  gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, cls_weight: float, seg_weight: float,
-                 discrepancy_weight: float, consistency_weight: float, consistency_confidence: float):
+                 discrepancy_weight: float, consistency_weight: float, consistency_confidence: float,
+                 refine_iters: int = 0, refine_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+                 refine_normalize: bool = False):
         """
         Args:
             model: student 1 (a per-pixel model with ``backbone_features`` in its outputs: DeepLabV3).
@@ -104,6 +106,11 @@ class DuPL(Method):
             *_weight: loss weights (cls, seg, discrepancy, consistency; 0 switches a term off).
             consistency_confidence: the plain-view prediction used as consistency target where its top
                 probability reaches this.
+            refine_iters / refine_dilations: pixel-adaptive refinement of the normalised CAMs along the image's
+                colour affinities before they are thresholded (at half the image size, as the public code);
+                0 iterations: the CAMs as they are. ``refine_normalize``: max-min normalise the refined CAMs
+                again (the refinement averages a CAM that found part of an object over all of it, which lowers
+                its peak below tau_h; normalising restores the scale the thresholds were set for).
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)
         if task is not None:
@@ -131,6 +138,8 @@ class DuPL(Method):
         self.gmm_per_class = gmm_per_class
         self.weights = dict(cls=cls_weight, seg=seg_weight, dis=discrepancy_weight, reg=consistency_weight)
         self.consistency_confidence = consistency_confidence
+        self.refine_iters, self.refine_dilations = refine_iters, tuple(refine_dilations)
+        self.refine_normalize = refine_normalize
 
     @classmethod
     def from_config(cls, cfg, model, *, task=None, step: int = 0):
@@ -150,6 +159,8 @@ class DuPL(Method):
             "gmm_per_class": c.GMM_PER_CLASS,
             "cls_weight": c.CLS_WEIGHT, "seg_weight": c.SEG_WEIGHT, "discrepancy_weight": c.DISCREPANCY_WEIGHT,
             "consistency_weight": c.CONSISTENCY_WEIGHT, "consistency_confidence": c.CONSISTENCY_CONFIDENCE,
+            "refine_iters": c.REFINE_ITERS, "refine_dilations": list(c.REFINE_DILATIONS),
+            "refine_normalize": c.REFINE_NORMALIZE,
         }
 
     # ------------------------------------------------------------------------------------------- parts
@@ -177,10 +188,37 @@ class DuPL(Method):
                                     self.threshold_end_iter, self.num_classes - 1)
         return image_high_thresholds(per_class, labels)
 
-    def pseudo_labels(self, cam_logits: torch.Tensor, labels: torch.Tensor, size, tau_h) -> torch.Tensor:
-        """(N, H, W) CAM pseudo labels at the image size (CAMs upsampled bilinearly, then normalised)."""
-        cams = F.interpolate(cam_logits.detach().float(), size=size, mode="bilinear", align_corners=False)
-        return cams_to_pseudo_labels(normalize_cams(cams), labels, self.tau_l, tau_h, self.ignore_label)
+    def pseudo_labels(self, cam_logits: List[torch.Tensor], labels: torch.Tensor, images: torch.Tensor,
+                      tau_h) -> List[torch.Tensor]:
+        """Each student's (N, H, W) CAM pseudo labels at the image size: CAMs upsampled bilinearly and
+        normalised, refined along the image with ``refine_iters``, then thresholded."""
+        size = images.shape[-2:]
+        cams = [normalize_cams(F.interpolate(c.detach().float(), size=size, mode="bilinear", align_corners=False))
+                for c in cam_logits]
+        if self.refine_iters > 0:
+            cams = self.refine(cams, labels, images)
+        return [cams_to_pseudo_labels(c, labels, self.tau_l, tau_h, self.ignore_label) for c in cams]
+
+    def refine(self, cams: List[torch.Tensor], labels: torch.Tensor, images: torch.Tensor) -> List[torch.Tensor]:
+        """The normalised CAMs after pixel-adaptive refinement at half the image size (the public code's),
+        upsampled back. Only each image's labelled classes are refined, all students in one call (the image
+        affinities are computed once): the other classes never label a pixel."""
+        count = int(labels.sum(1).max().item())
+        if count == 0:
+            return cams
+        size = images.shape[-2:]
+        half = [max(1, s // 2) for s in size]
+        order = labels.argsort(dim=1, descending=True, stable=True)[:, :count]  # labelled classes first
+        index = order[:, :, None, None].expand(-1, -1, *size)
+        picked = torch.cat([c.gather(1, index) for c in cams], 1)
+        small = F.interpolate(images.detach().float(), size=half, mode="bilinear", align_corners=False)
+        picked = F.interpolate(picked, size=half, mode="bilinear", align_corners=False)
+        refined = refine_with_image(picked, small, self.refine_iters, self.refine_dilations)
+        refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=False)
+        if self.refine_normalize:
+            refined = normalize_cams(refined)
+        keep = labels[:, :, None, None].to(refined)  # an image with fewer labels than ``count`` refined others too
+        return [torch.zeros_like(c).scatter(1, index, part) * keep for c, part in zip(cams, refined.split(count, 1))]
 
     def filter_noise(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``labels`` with the foreground pixels the GMM calls noisy set to ignore (the per-pixel losses are
@@ -240,8 +278,8 @@ class DuPL(Method):
             return losses
         tau_h = self.foreground_threshold(labels)
         logits = [o["pred_logits"].float() for o in outputs]
-        targets = [self.pseudo_labels(c, labels, size, tau_h).masked_fill(padding, self.ignore_label)
-                   for c in cam_logits]
+        targets = [t.masked_fill(padding, self.ignore_label)
+                   for t in self.pseudo_labels(cam_logits, labels, images, tau_h)]
         late = it >= self.gmm_start_iter
         if late and self.noise_filter:
             targets = [self.filter_noise(lg, t) for lg, t in zip(logits, targets)]

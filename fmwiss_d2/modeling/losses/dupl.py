@@ -8,6 +8,8 @@ maps hold model class ids, ``ignore_index`` where a pixel carries no label.
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 __all__ = [
     "normalize_cams", "cams_to_pseudo_labels", "discrepancy_loss",
     "multilabel_classification_loss", "random_affine", "warp", "warp_labels", "consistency_loss",
+    "neighbour_affinity", "refine_with_image",
 ]
 
 
@@ -45,6 +48,64 @@ def cams_to_pseudo_labels(cams: torch.Tensor, image_labels: torch.Tensor, tau_l:
     labels = torch.full_like(cls, ignore_index)
     labels = torch.where(value >= tau_h, cls + 1, labels)
     return torch.where(value <= tau_l, torch.zeros_like(labels), labels)
+
+
+def _ring_offsets(dilations: Sequence[int]):
+    """The (dy, dx) of each pixel's neighbours: the 3x3 ring (centre left out) times each dilation."""
+    return [(d * dy, d * dx) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+
+def _shifted(x: torch.Tensor, offsets):
+    """For each offset, ``x`` read at (y + dy, x + dx) with edge replication outside the image (views of one
+    padded copy: replicating by the largest offset reads the same edge values as replicating by each)."""
+    h, w = x.shape[-2:]
+    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    return [padded[..., r + dy: r + dy + h, r + dx: r + dx + w] for dy, dx in offsets]
+
+
+def neighbour_affinity(images: torch.Tensor, dilations: Sequence[int], color_scale: float = 0.3,
+                       position_weight: float = 0.01) -> torch.Tensor:
+    """(N, J, H, W) weights of each pixel's J = 8 * len(dilations) neighbours (:func:`_ring_offsets` order), summing
+    to 1 per pixel: how alike in colour a neighbour is, relative to how much the pixel's neighbourhood varies,
+
+        a_j = softmax_j( -mean_c (|I_c(j) - I_c(x)| / (s_c(x) * color_scale))^2 )
+              + position_weight * softmax_j( -(r_j / (s_r * color_scale))^2 ),   then a_j / sum_j a_j,
+
+    ``s_c(x)`` the standard deviation of channel c over the neighbours, ``r_j`` the neighbour's distance and
+    ``s_r`` their standard deviation (the small positional term prefers near neighbours where colours tie).
+    The pixel-adaptive refinement (PAR) that ToCo and DuPL's public code apply to CAMs, written from its
+    description: because the scale is each pixel's own, one ``color_scale`` fits a flat region and an edge."""
+    offsets = _ring_offsets(dilations)
+    ring = torch.stack(_shifted(images.float(), offsets), 2)
+    diff = (ring - images.float()[:, :, None]).abs()
+    spread = ring.std(2, keepdim=True)
+    colour = (-((diff / (spread * color_scale + 1e-8)) ** 2).mean(1)).softmax(1)
+    radius = torch.tensor([math.hypot(dy, dx) for dy, dx in offsets], dtype=colour.dtype, device=colour.device)
+    position = (-((radius / (radius.std() * color_scale)) ** 2)).softmax(0)[None, :, None, None]
+    weights = colour + position_weight * position
+    return weights / weights.sum(1, keepdim=True)
+
+
+def refine_with_image(maps: torch.Tensor, images: torch.Tensor, iterations: int,
+                      dilations: Sequence[int] = (1, 2, 4, 8, 12, 24)) -> torch.Tensor:
+    """``maps`` (N, C, H, W) propagated ``iterations`` times along the image's colour affinities
+    (:func:`neighbour_affinity`, ``images`` (N, 3, H, W) at the same size): ``m(x) <- sum_j a_j(x) m(j)``
+    (accumulated ring by ring: no (N, C, J, H, W) tensor is built).
+    A weighted average, so values stay in the range of the input, and a constant map stays constant: a
+    threshold applied before and after means the same. Why: CAMs come from a stride-16 feature; this snaps
+    them to the object edges the image shows."""
+    if iterations <= 0:
+        return maps
+    offsets = _ring_offsets(dilations)
+    affinity = neighbour_affinity(images, dilations).unsqueeze(2)  # (N, J, 1, H, W)
+    out = maps.float()
+    for _ in range(iterations):
+        acc = torch.zeros_like(out)
+        for j, neighbour in enumerate(_shifted(out, offsets)):
+            acc.addcmul_(neighbour, affinity[:, j])
+        out = acc
+    return out
 
 
 def discrepancy_loss(f1: torch.Tensor, f2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
