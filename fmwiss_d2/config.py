@@ -91,6 +91,7 @@ def _add_pading_config(cfg):
     c.STAGE_MAX_ITER = 0  # SOLVER.MAX_ITER of the generator and classifier stages (tools/run_zero_shot.py); 0 = keep
     c.STAGE_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator and classifier stages; 0 = keep
     c.UNSEEN_WEIGHT = 1.0  # stage 2: class weight of the unseen classes in the classifier's cross-entropy
+    c.UNSEEN_LOGIT_BIAS = 0.0  # inference: added to the unseen classes' logits (calibrated stacking; 0 = off)
 
 
 def _add_model_config(cfg):

@@ -195,3 +195,24 @@ def test_class_text_descriptions_come_from_the_dataset_metadata(split, monkeypat
     bad = _cfg("seen", "METHOD.PADING.CLASS_TEXT", "caption")
     with pytest.raises(MethodConfigError, match="CLASS_TEXT"):
         build_method(bad, build_model(bad))
+
+
+def test_the_unseen_logit_bias_raises_only_the_unseen_classes_at_inference(split, monkeypatch):
+    """Calibrated stacking: ``UNSEEN_LOGIT_BIAS`` is added to the unseen classes' logits before the model's own
+    inference, and to nothing else (seen classes, "no object"); training losses never see it."""
+    cfg = _cfg("seen", "METHOD.PADING.UNSEEN_LOGIT_BIAS", "2.5")
+    method = _method(cfg).eval()
+    seen = []
+    monkeypatch.setattr(method.model, "inference", lambda outputs, *a: seen.append(outputs["pred_logits"]) or [])
+    batch = _batch(split, n=2)
+    with torch.no_grad():
+        method.inference(batch)
+        method.test_bias.zero_()
+        method.inference(batch)
+    biased, plain = seen
+    k = len(split.classes)
+    unseen = torch.zeros(k + 1, dtype=torch.bool)
+    unseen[split.unseen_ids] = True
+    assert torch.allclose((biased - plain)[..., unseen], torch.tensor(2.5))
+    assert torch.equal(biased[..., ~unseen], plain[..., ~unseen])
+    assert unseen.sum() == len(UNSEEN) and not unseen[k]

@@ -66,7 +66,7 @@ class PADing(Method):
                  cls_weight: float = 0.001, align: bool = True, structure_weight: float = 1e-4,
                  align_weight: float = 1.0, relation_weight: float = 1.0, reconstruction_weight: float = 0.5,
                  temperature: float = 0.1, generator_weights: str = "", num_fake: int = 16,
-                 unseen_weight: float = 1.0):
+                 unseen_weight: float = 1.0, unseen_logit_bias: float = 0.0):
         """
         Args:
             split: the zero-shot split (class ids = the model's). stage: one of "seen", "generator", "classifier".
@@ -75,6 +75,9 @@ class PADing(Method):
             temperature: the generator's losses (modeling/losses/pading.py; METHOD.PADING.*).
             generator_weights: stage 2: checkpoint of the generator stage. num_fake: synthetic unseen embeddings
             per iteration. unseen_weight: class weight of unseen classes in stage 2.
+            unseen_logit_bias: added to the unseen classes' logits at inference (calibrated stacking, Chao et al.
+                2016): a model trained on seen classes only scores them, and "no object", too high for anything
+                unseen to win; 0 = off.
         """
         super().__init__(model, task=task, step=step, max_iter=max_iter)
         if stage not in STAGES:
@@ -94,6 +97,9 @@ class PADing(Method):
         test_allowed[split.unseen_ids] = True
         self.register_buffer("train_allowed", train_allowed, persistent=False)
         self.register_buffer("test_allowed", test_allowed, persistent=False)
+        test_bias = torch.zeros(k + 1)
+        test_bias[split.unseen_ids] = float(unseen_logit_bias)
+        self.register_buffer("test_bias", test_bias, persistent=False)
         self.generator = generator
         self.disentangler = disentangler
         self.sigmas = tuple(sigmas)
@@ -139,7 +145,7 @@ class PADing(Method):
             "structure_weight": c.STRUCTURE_WEIGHT, "align_weight": c.ALIGN_WEIGHT,
             "relation_weight": c.RELATION_WEIGHT, "reconstruction_weight": c.RECONSTRUCTION_WEIGHT,
             "temperature": c.RELATION_TEMPERATURE, "generator_weights": c.GENERATOR_WEIGHTS,
-            "num_fake": c.NUM_FAKE, "unseen_weight": c.UNSEEN_WEIGHT,
+            "num_fake": c.NUM_FAKE, "unseen_weight": c.UNSEEN_WEIGHT, "unseen_logit_bias": c.UNSEEN_LOGIT_BIAS,
         }
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -278,4 +284,5 @@ class PADing(Method):
         model = self.model
         images = model.preprocess_images(batched_inputs)
         outputs = mask_outputs(model.forward_outputs(images.tensor), self.test_allowed)
+        outputs["pred_logits"] = outputs["pred_logits"] + self.test_bias.to(outputs["pred_logits"])
         return model.inference(outputs, batched_inputs, images)
