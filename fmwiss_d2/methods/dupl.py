@@ -11,8 +11,9 @@ training step (Sec. 3):
       + w_reg * sum_i L_reg(P~_i, phi'(Y~_i))      from GMM_START_ITER      every pixel matters (Sec. 3.4)
 
 ``Y_i``: student i's CAM pseudo labels (CAMs refined along the image's colours first, as in the public code;
-then background <= tau_l, foreground >= tau_h, uncertain between), tau_h descending by cosine per class (Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image
-Gaussian mixture over the per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
+then background <= tau_l, foreground >= tau_h, uncertain between), tau_h descending by cosine per class
+(Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image Gaussian mixture over the
+per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
 i's prediction on a strongly augmented view (random affine warp + photometric jitter), trained on the pixels
 its label ``Y_j`` leaves out (uncertain or filtered), towards its own confident prediction on the plain view
 warped by the same affine. Inference: student 1's segmentation head (``self.model``: the checkpoint's
