@@ -88,8 +88,7 @@ class DuPL(Method):
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
                  gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, cls_weight: float, seg_weight: float,
                  discrepancy_weight: float, consistency_weight: float, consistency_confidence: float,
-                 refine_iters: int = 0, refine_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-                 refine_normalize: bool = False):
+                 refine_iters: int, refine_dilations: Sequence[int], refine_normalize: bool):
         """
         Args:
             model: student 1 (a per-pixel model with ``backbone_features`` in its outputs: DeepLabV3).
