@@ -295,11 +295,14 @@ def _add_dupl_config(cfg):
     c.GMM_MIN_LOSS = 0.1  # per-pixel losses <= this are left out of the fit (already-fitted pixels)
     c.GMM_ITERS = 20  # EM iterations per fit
     c.GMM_PER_CLASS = False  # one mixture per (image, labelled class) instead of per image (the paper's)
+    c.POOLING = "max"  # image scores from the features: "max" (global max pooling, the public code's) or "avg"
     c.CLS_WEIGHT = 1.0  # multi-label classification loss (the CAMs' signal)
     c.SEG_WEIGHT = 0.2  # cross pseudo-label segmentation loss
     c.DISCREPANCY_WEIGHT = 0.1  # feature discrepancy of the two students (0: ablation)
     c.CONSISTENCY_WEIGHT = 0.05  # consistency on uncertain/filtered pixels under a strong view (0: ablation)
     c.CONSISTENCY_CONFIDENCE = 0.9  # plain-view prediction used as target where its top probability >= this
+    c.CAM_SCALES = [1.0, 0.5, 1.5]  # image scales of the pseudo-label CAMs (summed), the public code's
+    c.CAM_FLIP = True  # each scale also flipped (max of the two); CAM_SCALES [1.0] + False: the trained pass's CAM
     c.REFINE_ITERS = 10  # pixel-adaptive refinement of the CAMs along image colours before thresholds (0: off)
     c.REFINE_DILATIONS = [1, 2, 4, 8, 12, 24]  # the refinement's neighbour rings, at half the image size
     c.REFINE_NORMALIZE = False  # max-min normalise the refined CAMs again before the thresholds

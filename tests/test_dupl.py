@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from fmwiss_d2.modeling.losses.gmm import fit_gmm_1d, gmm_noise_filter
 
@@ -351,6 +352,7 @@ def test_the_ablations_and_the_supervised_reference_are_named_variants_of_the_sh
                 "NoGMM": ("DuPL", ("METHOD.DUPL.NOISE_FILTER", "False")),
                 "NoConsistency": ("DuPL", ("METHOD.DUPL.CONSISTENCY_WEIGHT", "0.0")),
                 "NoRefinement": ("DuPL", ("METHOD.DUPL.REFINE_ITERS", "0")),
+                "SingleScaleCAM": ("DuPL", ("METHOD.DUPL.CAM_SCALES", "[1.0]", "METHOD.DUPL.CAM_FLIP", "False")),
                 "FullySupervised": ("Supervised", ("METHOD.NAME", "Supervised", "INPUT.SUPERVISION", "pixel"))}
     for name, (method, opts) in expected.items():
         v = resolve_variant(name, cfg)
@@ -453,3 +455,73 @@ def test_the_method_refines_each_images_labelled_classes_then_renormalises(tmp_p
             assert torch.allclose(got[labelled], want[labelled], atol=1e-5)
             assert not got[~labelled].any()
     assert method.refine(cams, torch.zeros(3, 10), images) is cams
+
+
+def test_image_scores_pool_the_feature_by_max_or_by_mean_before_the_cam_head(tmp_path):
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+    from fmwiss_d2.methods.base import MethodConfigError
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.DUAL", "False")
+    method = build_method(cfg, build_model(cfg))
+    head = method.cam_heads[0]
+    c = head.in_channels
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, 0] = 2.0  # class 1 reads channel 0
+        head.weight[1, 1] = -1.0  # class 2 reads channel 1, negatively
+    feature = torch.zeros(1, c, 2, 2)
+    feature[0, 0] = torch.tensor([[0.0, 4.0], [0.0, 0.0]])  # a small object: one strong cell
+    feature[0, 1] = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    outputs = {"backbone_features": feature}
+    method.pooling = "max"
+    scores = method.image_scores(0, outputs)
+    assert scores.shape == (1, head.out_channels)
+    assert scores[0, :2].tolist() == [8.0, -6.0]  # 2 * max(0, 4, 0, 0); -1 * max(1, 2, 3, 6)
+    assert scores[0, 2:].abs().max() == 0
+    method.pooling = "avg"
+    assert method.image_scores(0, outputs)[0, :2].tolist() == [2.0, -3.0]  # 2 * 4/4; -1 * 12/4
+    # "avg" is the mean of the CAM itself
+    assert torch.allclose(method.image_scores(0, outputs), method.cams(0, outputs).mean((2, 3)))
+    with pytest.raises(MethodConfigError, match="POOLING"):
+        build_method(_dupl_cfg(tmp_path, "METHOD.DUPL.POOLING", "sum"), build_model(cfg))
+
+
+def test_pseudo_label_cams_sum_scales_and_flips_without_touching_the_norm_statistics(tmp_path):
+    from detectron2.modeling import build_model
+
+    from fmwiss_d2.methods import build_method
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.DUAL", "False", "METHOD.DUPL.CAM_SCALES", "[1.0, 0.5, 1.5]",
+                    "METHOD.DUPL.CAM_FLIP", "True")
+    method = build_method(cfg, build_model(cfg)).train()
+    student = method.model
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def cam(x):  # the student's CAM logits of a batch, upsampled to 64x64, by hand
+        f = student.backbone(x)[student.in_feature]
+        return F.interpolate(method.cam_heads[0](f), size=(64, 64), mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        trained_pass = method.cams(0, student.forward_outputs(images))
+        expected = 0
+        for scale in (1.0, 0.5, 1.5):
+            x = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            plain = cam(x) if scale != 1.0 else F.interpolate(trained_pass, size=(64, 64), mode="bilinear",
+                                                               align_corners=False)
+            expected = expected + torch.maximum(plain, cam(x.flip(-1)).flip(-1)).clamp(min=0)
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    got = method.view_cams(0, trained_pass, images)
+    assert not got.requires_grad
+    assert torch.allclose(got, expected, atol=1e-5)
+    for m, (mean, var) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert m.momentum == 0.1  # restored
+    # one scale without flip: the trained pass's CAM, upsampled, no other pass
+    method.cam_scales, method.cam_flip = (1.0,), False
+    student.backbone.forward = None  # any extra pass would fail
+    single = method.view_cams(0, trained_pass, images)
+    assert torch.equal(single, F.interpolate(trained_pass, size=(64, 64), mode="bilinear",
+                                             align_corners=False).clamp(min=0))

@@ -10,7 +10,7 @@ training step (Sec. 3):
       + w_seg * [CE(P_1, Y_2) + CE(P_2, Y_1)]      from SEG_START_ITER      cross pseudo supervision (Sec. 3.2)
       + w_reg * sum_i L_reg(P~_i, phi'(Y~_i))      from GMM_START_ITER      every pixel matters (Sec. 3.4)
 
-``Y_i``: student i's CAM pseudo labels (CAMs refined along the image's colours first, as in the public code;
+``Y_i``: student i's CAM pseudo labels (CAMs over several scales and flips, refined along the image's colours first, as in the public code;
 then background <= tau_l, foreground >= tau_h, uncertain between), tau_h descending by cosine per class
 (Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image Gaussian mixture over the
 per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
@@ -22,6 +22,7 @@ warped by the same affine. Inference: student 1's segmentation head (``self.mode
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Sequence
 
@@ -76,6 +77,21 @@ def strong_view(images: torch.Tensor, theta: torch.Tensor, generator: torch.Gene
     return warp(images * contrast[:, None, None, None] + brightness[:, None, None, None], theta)
 
 
+@contextlib.contextmanager
+def _frozen_norm_statistics(module: nn.Module):
+    """Batch-norm layers keep normalising with the batch's statistics (train mode) but do not update their
+    running averages: the extra CAM views are other images than the ones the model is trained on."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
 @METHOD_REGISTRY.register()
 class DuPL(Method):
     """See the module docstring. Keys: ``METHOD.DUPL.*`` (fmwiss_d2/config.py, ``_add_dupl_config``)."""
@@ -86,9 +102,10 @@ class DuPL(Method):
                  tau_h_end: Sequence[float], dynamic_threshold: bool, seg_start_iter: int, threshold_start_iter: int,
                  threshold_end_iter: int,
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
-                 gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, cls_weight: float, seg_weight: float,
+                 gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, pooling: str, cls_weight: float, seg_weight: float,
                  discrepancy_weight: float, consistency_weight: float, consistency_confidence: float,
-                 refine_iters: int, refine_dilations: Sequence[int], refine_normalize: bool):
+                 cam_scales: Sequence[float], cam_flip: bool, refine_iters: int, refine_dilations: Sequence[int],
+                 refine_normalize: bool):
         """
         Args:
             model: student 1 (a per-pixel model with ``backbone_features`` in its outputs: DeepLabV3).
@@ -103,9 +120,16 @@ class DuPL(Method):
             noise_filter / gmm_*: the adaptive noise filter from ``gmm_start_iter`` (posterior cut-off gamma,
                 minimum mean gap eta, minimum pixels to fit, losses <= ``gmm_min_loss`` left out of the fit,
                 EM iterations); ``gmm_per_class``: one mixture per (image, labelled class) instead of per image.
+            pooling: how a student's image scores come from its feature map for the classification loss:
+                "max" (global max pooling, then the CAM head: the public code's) or "avg" (average pooling,
+                which equals averaging the CAM). Max pooling lets a small object score without covering the image.
             *_weight: loss weights (cls, seg, discrepancy, consistency; 0 switches a term off).
             consistency_confidence: the plain-view prediction used as consistency target where its top
                 probability reaches this.
+            cam_scales / cam_flip: the pseudo-label CAMs are computed, without gradient, at these image scales,
+                each also flipped (the max of the two, when ``cam_flip``), then summed, as in the public code:
+                on a coarse feature map the extra views sharpen the CAMs. ``[1.0]`` without flip: the CAM of the
+                forward pass that is trained anyway, no extra pass.
             refine_iters / refine_dilations: pixel-adaptive refinement of the normalised CAMs along the image's
                 colour affinities before they are thresholded (at half the image size, as the public code);
                 0 iterations: the CAMs as they are. ``refine_normalize``: max-min normalise the refined CAMs
@@ -136,8 +160,14 @@ class DuPL(Method):
         self.gmm = dict(gamma=gmm_gamma, eta=gmm_eta, min_pixels=gmm_min_pixels, iters=gmm_iters)
         self.gmm_min_loss = gmm_min_loss
         self.gmm_per_class = gmm_per_class
+        if pooling not in ("max", "avg"):
+            raise MethodConfigError(f"METHOD.DUPL.POOLING is {pooling!r}: use 'max' or 'avg'")
+        self.pooling = pooling
         self.weights = dict(cls=cls_weight, seg=seg_weight, dis=discrepancy_weight, reg=consistency_weight)
         self.consistency_confidence = consistency_confidence
+        if not cam_scales or min(cam_scales) <= 0:
+            raise MethodConfigError(f"METHOD.DUPL.CAM_SCALES is {list(cam_scales)}: give one or more positive scales")
+        self.cam_scales, self.cam_flip = tuple(float(x) for x in cam_scales), bool(cam_flip)
         self.refine_iters, self.refine_dilations = refine_iters, tuple(refine_dilations)
         self.refine_normalize = refine_normalize
 
@@ -156,10 +186,10 @@ class DuPL(Method):
             "noise_filter": c.NOISE_FILTER,
             "gmm_start_iter": c.GMM_START_ITER, "gmm_gamma": c.GMM_GAMMA, "gmm_eta": c.GMM_ETA,
             "gmm_min_pixels": c.GMM_MIN_PIXELS, "gmm_min_loss": c.GMM_MIN_LOSS, "gmm_iters": c.GMM_ITERS,
-            "gmm_per_class": c.GMM_PER_CLASS,
+            "gmm_per_class": c.GMM_PER_CLASS, "pooling": c.POOLING,
             "cls_weight": c.CLS_WEIGHT, "seg_weight": c.SEG_WEIGHT, "discrepancy_weight": c.DISCREPANCY_WEIGHT,
             "consistency_weight": c.CONSISTENCY_WEIGHT, "consistency_confidence": c.CONSISTENCY_CONFIDENCE,
-            "refine_iters": c.REFINE_ITERS, "refine_dilations": list(c.REFINE_DILATIONS),
+            "cam_scales": list(c.CAM_SCALES), "cam_flip": c.CAM_FLIP, "refine_iters": c.REFINE_ITERS, "refine_dilations": list(c.REFINE_DILATIONS),
             "refine_normalize": c.REFINE_NORMALIZE,
         }
 
@@ -180,6 +210,13 @@ class DuPL(Method):
         """Student i's raw CAM logits (N, K-1, h, w) over its backbone feature."""
         return self.cam_heads[i](outputs["backbone_features"])
 
+    def image_scores(self, i: int, outputs: Dict) -> torch.Tensor:
+        """Student i's (N, K-1) image-level class logits: its backbone feature pooled (``pooling``), then its
+        CAM head (linear, so "avg" equals the mean of the CAM)."""
+        features = outputs["backbone_features"].float()
+        pooled = features.amax((2, 3), keepdim=True) if self.pooling == "max" else features.mean((2, 3), keepdim=True)
+        return self.cam_heads[i](pooled).flatten(1)
+
     def foreground_threshold(self, labels: torch.Tensor) -> torch.Tensor:
         """(N,) tau_h of each image at the current iteration."""
         if not self.dynamic_threshold:
@@ -188,13 +225,37 @@ class DuPL(Method):
                                     self.threshold_end_iter, self.num_classes - 1)
         return image_high_thresholds(per_class, labels)
 
+    def view_cams(self, i: int, cam_logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Student i's (N, K-1, H, W) CAMs for its pseudo labels, before normalisation: per scale of
+        ``cam_scales``, the CAM upsampled to the image size (the max with the flipped view's, flipped back, when
+        ``cam_flip``), ReLU, summed over the scales. The unflipped scale-1 view is the trained pass's CAM
+        (``cam_logits``, detached); the other views are extra passes without gradient that leave the
+        batch-norm statistics alone."""
+        size = images.shape[-2:]
+        student = self.students[i]
+
+        def upsampled(x):
+            return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+
+        def cam_of(x):
+            return upsampled(self.cams(i, {"backbone_features": student.backbone(x)[student.in_feature]}))
+
+        total = 0.0
+        with torch.no_grad(), _frozen_norm_statistics(student):
+            for scale in self.cam_scales:
+                x = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear",
+                                                               align_corners=False)
+                cam = upsampled(cam_logits.detach()) if scale == 1.0 else cam_of(x)
+                if self.cam_flip:
+                    cam = torch.maximum(cam, cam_of(x.flip(-1)).flip(-1))
+                total = total + F.relu(cam)
+        return total
+
     def pseudo_labels(self, cam_logits: List[torch.Tensor], labels: torch.Tensor, images: torch.Tensor,
                       tau_h) -> List[torch.Tensor]:
-        """Each student's (N, H, W) CAM pseudo labels at the image size: CAMs upsampled bilinearly and
-        normalised, refined along the image with ``refine_iters``, then thresholded."""
-        size = images.shape[-2:]
-        cams = [normalize_cams(F.interpolate(c.detach().float(), size=size, mode="bilinear", align_corners=False))
-                for c in cam_logits]
+        """Each student's (N, H, W) CAM pseudo labels at the image size: its CAMs over the views
+        (``view_cams``), normalised, refined along the image with ``refine_iters``, then thresholded."""
+        cams = [normalize_cams(self.view_cams(i, c, images)) for i, c in enumerate(cam_logits)]
         if self.refine_iters > 0:
             cams = self.refine(cams, labels, images)
         return [cams_to_pseudo_labels(c, labels, self.tau_l, tau_h, self.ignore_label) for c in cams]
@@ -269,7 +330,7 @@ class DuPL(Method):
         # step (the heads are unsupervised during the CAM warm-up)
         zero = sum(o["pred_logits"].float().mean() for o in outputs) * 0.0
         losses = {"loss_cls": self.weights["cls"] * sum(
-            multilabel_classification_loss(c.float().mean((2, 3)), labels) for c in cam_logits)}
+            multilabel_classification_loss(self.image_scores(i, o), labels) for i, o in enumerate(outputs))}
         dual = len(outputs) == 2
         losses["loss_discrepancy"] = (self.weights["dis"] * discrepancy_loss(
             outputs[0]["backbone_features"], outputs[1]["backbone_features"]) if dual and self.weights["dis"] else zero)

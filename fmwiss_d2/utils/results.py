@@ -510,7 +510,7 @@ register_table(Table(
 
 
 _DUPL_VARIANTS = ("DuPL", "FullySupervised", "SingleStudent", "NoDiscrepancy", "FixedThreshold", "NoGMM",
-                  "NoConsistency", "NoRefinement")
+                  "NoConsistency", "NoRefinement", "SingleScaleCAM")
 _DUPL_KEY = "{}/shapes_sem_seg_test/sem_seg/mIoU"
 # the shapes schedule halved (7 variants x 3 seeds of the 800-iteration schedule take about 3 h on one thread)
 _DUPL_SCHEDULE = ("SOLVER.MAX_ITER", "400", "METHOD.DUPL.SEG_START_ITER", "40", "METHOD.DUPL.GMM_START_ITER", "160",
