@@ -5,14 +5,15 @@ Each student is a per-pixel model (``self.model`` and ``self.second_student``, t
 same structure) plus a CAM classifier (a 1x1 convolution over its backbone feature, ``self.cam_heads``); per
 training step (Sec. 3):
 
-    L = w_cls * sum_i L_cls(GAP(CAM_i), y)                                 image labels -> CAMs
+    L = w_cls * sum_i L_cls(CAM head_i(pool(f_i)), y)                      image labels -> CAMs
       + w_dis * L_dis(f_1, f_2)                                             the students stay apart (Sec. 3.2)
       + w_seg * [CE(P_1, Y_2) + CE(P_2, Y_1)]      from SEG_START_ITER      cross pseudo supervision (Sec. 3.2)
       + w_reg * sum_i L_reg(P~_i, phi'(Y~_i))      from GMM_START_ITER      every pixel matters (Sec. 3.4)
 
-``Y_i``: student i's CAM pseudo labels (CAMs over several scales and flips, refined along the image's colours first, as in the public code;
-then background <= tau_l, foreground >= tau_h, uncertain between), tau_h descending by cosine per class
-(Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image Gaussian mixture over the
+``pool``: global max (the public code's) or average pooling of student i's backbone feature ``f_i``.
+``Y_i``: student i's CAM pseudo labels (CAMs summed over several scales and flips, refined along the image's
+colours, as in the public code; then background <= tau_l, foreground >= tau_h, uncertain between), tau_h
+descending by cosine per class (Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image Gaussian mixture over the
 per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
 i's prediction on a strongly augmented view (random affine warp + photometric jitter), trained on the pixels
 its label ``Y_j`` leaves out (uncertain or filtered), towards its own confident prediction on the plain view
