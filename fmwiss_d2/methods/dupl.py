@@ -13,8 +13,8 @@ training step (Sec. 3):
 ``pool``: global max (the public code's) or average pooling of student i's backbone feature ``f_i``.
 ``Y_i``: student i's CAM pseudo labels (CAMs summed over several scales and flips, refined along the image's
 colours, as in the public code; then background <= tau_l, foreground >= tau_h, uncertain between), tau_h
-descending by cosine per class (Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image Gaussian mixture over the
-per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
+descending by cosine per class (Sec. 3.3); from ``GMM_START_ITER`` on, the foreground pixels that a per-image
+Gaussian mixture over the per-pixel losses calls noisy become uncertain as well (Sec. 3.3). ``P~_i``: student
 i's prediction on a strongly augmented view (random affine warp + photometric jitter), trained on the pixels
 its label ``Y_j`` leaves out (uncertain or filtered), towards its own confident prediction on the plain view
 warped by the same affine. Inference: student 1's segmentation head (``self.model``: the checkpoint's
@@ -103,7 +103,8 @@ class DuPL(Method):
                  tau_h_end: Sequence[float], dynamic_threshold: bool, seg_start_iter: int, threshold_start_iter: int,
                  threshold_end_iter: int,
                  noise_filter: bool, gmm_start_iter: int, gmm_gamma: float, gmm_eta: float, gmm_min_pixels: int,
-                 gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, pooling: str, cls_weight: float, seg_weight: float,
+                 gmm_min_loss: float, gmm_iters: int, gmm_per_class: bool = False, pooling: str, cls_weight: float,
+                 seg_weight: float,
                  discrepancy_weight: float, consistency_weight: float, consistency_confidence: float,
                  cam_scales: Sequence[float], cam_flip: bool, refine_iters: int, refine_dilations: Sequence[int],
                  refine_normalize: bool):
@@ -123,7 +124,8 @@ class DuPL(Method):
                 EM iterations); ``gmm_per_class``: one mixture per (image, labelled class) instead of per image.
             pooling: how a student's image scores come from its feature map for the classification loss:
                 "max" (global max pooling, then the CAM head: the public code's) or "avg" (average pooling,
-                which equals averaging the CAM). Max pooling lets a small object score without covering the image.
+                which equals averaging the CAM). Max pooling lets a small object score without covering the
+                image.
             *_weight: loss weights (cls, seg, discrepancy, consistency; 0 switches a term off).
             consistency_confidence: the plain-view prediction used as consistency target where its top
                 probability reaches this.
@@ -190,7 +192,8 @@ class DuPL(Method):
             "gmm_per_class": c.GMM_PER_CLASS, "pooling": c.POOLING,
             "cls_weight": c.CLS_WEIGHT, "seg_weight": c.SEG_WEIGHT, "discrepancy_weight": c.DISCREPANCY_WEIGHT,
             "consistency_weight": c.CONSISTENCY_WEIGHT, "consistency_confidence": c.CONSISTENCY_CONFIDENCE,
-            "cam_scales": list(c.CAM_SCALES), "cam_flip": c.CAM_FLIP, "refine_iters": c.REFINE_ITERS, "refine_dilations": list(c.REFINE_DILATIONS),
+            "cam_scales": list(c.CAM_SCALES), "cam_flip": c.CAM_FLIP,
+            "refine_iters": c.REFINE_ITERS, "refine_dilations": list(c.REFINE_DILATIONS),
             "refine_normalize": c.REFINE_NORMALIZE,
         }
 
@@ -215,7 +218,10 @@ class DuPL(Method):
         """Student i's (N, K-1) image-level class logits: its backbone feature pooled (``pooling``), then its
         CAM head (linear, so "avg" equals the mean of the CAM)."""
         features = outputs["backbone_features"].float()
-        pooled = features.amax((2, 3), keepdim=True) if self.pooling == "max" else features.mean((2, 3), keepdim=True)
+        if self.pooling == "max":
+            pooled = features.amax((2, 3), keepdim=True)
+        else:
+            pooled = features.mean((2, 3), keepdim=True)
         return self.cam_heads[i](pooled).flatten(1)
 
     def foreground_threshold(self, labels: torch.Tensor) -> torch.Tensor:
