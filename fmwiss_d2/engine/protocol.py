@@ -359,8 +359,15 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
     from .trainer import RESULTS_FILE
 
     c = cfg.METHOD.PADING
-    later = (["SOLVER.MAX_ITER", str(c.STAGE_MAX_ITER)] if c.STAGE_MAX_ITER > 0 else []) + \
-        (["SOLVER.BASE_LR", str(c.STAGE_BASE_LR)] if c.STAGE_BASE_LR > 0 else [])
+
+    def later(opts):
+        """The generator and classifier stages' schedule: METHOD.PADING.STAGE_{MAX_ITER,BASE_LR}, the variant's
+        own when it sets them."""
+        iters = float(_override(opts, "METHOD.PADING.STAGE_MAX_ITER", str(c.STAGE_MAX_ITER)))
+        lr = float(_override(opts, "METHOD.PADING.STAGE_BASE_LR", str(c.STAGE_BASE_LR)))
+        return (["SOLVER.MAX_ITER", str(int(iters))] if iters > 0 else []) + \
+            (["SOLVER.BASE_LR", str(lr)] if lr > 0 else [])
+
     first = os.path.join(cfg.OUTPUT_DIR, "stage1")
     opts1 = ["METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "seen", "OUTPUT_DIR", first]
     stage1 = Stage("stage1", first, run=lambda: train(args, opts1, first), key=stage_key(args, opts1),
@@ -376,10 +383,10 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
             plan.append((name, [stage1], first))
             continue
         gen, clf = (os.path.join(cfg.OUTPUT_DIR, name, s) for s in ("generator", "classifier"))
-        opts_g = [*v.opts, *later, "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "generator",
+        opts_g = [*v.opts, *later(v.opts), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "generator",
                   "MODEL.WEIGHTS", weights1, "DATASETS.TEST", "()", "OUTPUT_DIR", gen]
         weights_g = os.path.join(gen, "model_final.pth")
-        opts_c = [*v.opts, *later, "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "classifier", "MODEL.WEIGHTS",
+        opts_c = [*v.opts, *later(v.opts), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "classifier", "MODEL.WEIGHTS",
                   weights_g, "METHOD.PADING.GENERATOR_WEIGHTS", weights_g, "OUTPUT_DIR", clf]
         plan.append((name, [stage1,
                             Stage(f"{name}/generator", gen, run=lambda o=opts_g, f=gen: train(args, o, f),
