@@ -1,5 +1,7 @@
 """The PADing method (methods/pading.py) on the tiny Mask2Former: stage 1 never lets an unseen class name reach a
 loss; the generator stage trains only the generator; stage 2 changes only the class head."""
+import os
+
 import pytest
 import torch
 
@@ -168,6 +170,29 @@ def test_zero_shot_runner_shares_stage1_chains_weights_and_skips_finished_stages
     assert rows[("GMMN", "shapes_zs_val")] == 20.0
     again = run_zero_shot(argument_parser().parse_args(argv), variants, train=fake_train)
     assert len(trained) == 5 and again["rows"] == summary["rows"]  # everything finished: nothing runs
+
+
+def test_a_variant_sets_its_own_stage_schedule(tmp_path):
+    """METHOD.PADING.STAGE_{MAX_ITER,BASE_LR} of a variant reach its generator and classifier stages; the others
+    keep the config's."""
+    from fmwiss_d2.engine.launch import argument_parser, load_config
+    from fmwiss_d2.engine.protocol import zero_shot_stages
+
+    argv = ["--config-file", "configs/shapes/pading.yaml", "OUTPUT_DIR", str(tmp_path),
+            "PROTOCOL.VARIANTS", '["long: METHOD.PADING.STAGE_MAX_ITER 9 METHOD.PADING.STAGE_BASE_LR 0.01"]']
+    args = argument_parser().parse_args(argv)
+    seen = {}
+    plan = zero_shot_stages(args, load_config(args.config_file, args.opts), ["PADing", "long"],
+                            train=lambda a, opts, folder: seen.__setitem__(os.path.relpath(folder, str(tmp_path)),
+                                                                           opts))
+    for _, stages, _ in plan:
+        for stage in stages[1:]:
+            stage.run()
+    for stage in ("generator", "classifier"):
+        o, p = seen[os.path.join("long", stage)], seen[os.path.join("PADing", stage)]
+        assert o[len(o) - 1 - o[::-1].index("SOLVER.MAX_ITER") + 1] == "9"
+        assert float(o[len(o) - 1 - o[::-1].index("SOLVER.BASE_LR") + 1]) == 0.01
+        assert p[p.index("SOLVER.MAX_ITER") + 1] == "150" and float(p[p.index("SOLVER.BASE_LR") + 1]) == 0.001
 
 
 def test_prompt_names():
