@@ -77,6 +77,10 @@ def _add_pading_config(cfg):
     c.GENERATOR_LAYERS = 3  # transformer-decoder layers of the primitive generator
     c.GENERATOR_HIDDEN_DIM = 256  # FFN / MLP width of the generators and the disentangler
     c.NOISE_DIM = 64  # width of the generator's Gaussian noise
+    # the primitive generator's noise: False = projected noise added to its query once; True = N(0, I) added after
+    # every cross-attention (PADing's public code)
+    c.LAYER_NOISE = False
+    c.GENERATOR_DROPOUT = 0.0  # dropout in the primitive generator's layers (0.1 in PADing's public code)
     c.MMD_SIGMAS = [2.0, 5.0, 10.0, 20.0, 40.0, 80.0]  # Gaussian kernel widths of the MMD loss (GMMN's)
     c.CLS_WEIGHT = 0.001  # weight of the synthetic embeddings' classification loss
     c.DISENTANGLE = True  # feature disentanglement (semantic-related / unrelated parts, reconstruction)

@@ -86,6 +86,23 @@ def test_generator_shapes_and_determinism(cls):
     assert not torch.allclose(a[0], gen(text[1:2].expand(5, -1), torch.Generator().manual_seed(3))[0])  # so does the text
 
 
+def test_primitive_generator_layer_noise_by_hand():
+    """The public code's form: the query is the projected text alone; N(0, I) is added after the cross-attention
+    of every layer (here one layer, noise drawn from the given generator), then norm, FFN, norm, final norm."""
+    torch.manual_seed(0)
+    gen = PrimitiveGenerator(4, 8, noise_dim=2, num_primitives=5, num_layers=1, hidden_dim=8, layer_noise=True,
+                             dropout=0.1).eval()
+    assert gen.noise_proj is None
+    text = torch.randn(3, 4)
+    noise = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    layer, prims = gen.layers[0], gen.primitives.weight[None].expand(3, -1, -1)
+    q = gen.text_proj(text)[:, None]
+    q = layer.norm1(q + layer.attn(q, prims, prims)[0] + noise[:, None])
+    expected = gen.norm(layer.norm2(q + layer.ffn(q))[:, 0])
+    torch.testing.assert_close(gen(text, torch.Generator().manual_seed(5)), expected)
+    assert not torch.allclose(gen(text, torch.Generator().manual_seed(6)), expected)
+
+
 def test_primitive_generator_assembles_primitives():
     torch.manual_seed(0)
     gen = PrimitiveGenerator(4, 8, noise_dim=2, num_primitives=5, num_layers=3, hidden_dim=8)

@@ -30,7 +30,7 @@ def build_generator(cfg, text_dim: int, out_dim: int) -> nn.Module:
     c = cfg.METHOD.PADING
     cls = registry_get(GENERATOR_REGISTRY, c.GENERATOR, "METHOD.PADING.GENERATOR")
     return cls(text_dim, out_dim, noise_dim=c.NOISE_DIM, num_primitives=c.NUM_PRIMITIVES, num_layers=c.GENERATOR_LAYERS,
-               hidden_dim=c.GENERATOR_HIDDEN_DIM)
+               hidden_dim=c.GENERATOR_HIDDEN_DIM, layer_noise=c.LAYER_NOISE, dropout=c.GENERATOR_DROPOUT)
 
 
 class _GeneratorBase(nn.Module):
@@ -38,48 +38,63 @@ class _GeneratorBase(nn.Module):
         super().__init__()
         self.noise_dim = noise_dim
 
-    def noise(self, n: int, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn(n, self.noise_dim, generator=generator, device=generator.device if generator else like.device)
+    def noise(self, n: int, like: torch.Tensor, generator: torch.Generator | None = None,
+              dim: int | None = None) -> torch.Tensor:
+        z = torch.randn(n, dim or self.noise_dim, generator=generator,
+                        device=generator.device if generator else like.device)
         return z.to(like)
 
 
 class _PrimitiveLayer(nn.Module):
     """Cross-attention of the queries to the primitives, then an FFN (post-norm, residual). No self-attention:
-    every synthetic embedding depends on its own text and noise only."""
+    every synthetic embedding depends on its own text and noise only. ``noise`` (if given) is added after the
+    cross-attention, before its norm, as in PADing's public code."""
 
-    def __init__(self, dim: int, nheads: int, hidden_dim: int):
+    def __init__(self, dim: int, nheads: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.attn = nn.MultiheadAttention(dim, nheads, batch_first=True)
+        self.attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, q: torch.Tensor, primitives: torch.Tensor) -> torch.Tensor:
-        q = self.norm1(q + self.attn(q, primitives, primitives, need_weights=False)[0])
-        return self.norm2(q + self.ffn(q))
+    def forward(self, q: torch.Tensor, primitives: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        q = q + self.dropout(self.attn(q, primitives, primitives, need_weights=False)[0])
+        q = self.norm1(q if noise is None else q + noise)
+        return self.norm2(q + self.dropout(self.ffn(q)))
 
 
 @GENERATOR_REGISTRY.register()
 class PrimitiveGenerator(_GeneratorBase):
     """``e = LN(Dec^L(W_t t + W_z z; P))``: L layers of cross-attention over the primitives ``P`` (learned,
-    (num_primitives, out_dim)) and FFNs, queried by the projected text ``t`` plus projected noise ``z ~ N(0, I)``."""
+    (num_primitives, out_dim)) and FFNs, queried by the projected text ``t`` plus projected noise ``z ~ N(0, I)``.
+
+    ``layer_noise``: the public code's form instead: the query is the projected text alone and every layer adds
+    ``N(0, I)`` noise in the embedding space after its cross-attention, so no layer can rely on an exact input;
+    ``dropout`` is that code's decoder dropout (0.1 there)."""
 
     def __init__(self, text_dim: int, out_dim: int, *, noise_dim: int = 64, num_primitives: int = 400,
-                 num_layers: int = 3, hidden_dim: int = 256, nheads: int = 4):
+                 num_layers: int = 3, hidden_dim: int = 256, nheads: int = 4, layer_noise: bool = False,
+                 dropout: float = 0.0):
         super().__init__(noise_dim)
+        self.layer_noise = layer_noise
         self.text_proj = nn.Linear(text_dim, out_dim)
-        self.noise_proj = nn.Linear(noise_dim, out_dim)
+        self.noise_proj = None if layer_noise else nn.Linear(noise_dim, out_dim)
         self.primitives = nn.Embedding(num_primitives, out_dim)
         nheads = nheads if out_dim % nheads == 0 else 1
-        self.layers = nn.ModuleList(_PrimitiveLayer(out_dim, nheads, hidden_dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(_PrimitiveLayer(out_dim, nheads, hidden_dim, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, text: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(N, text_dim) text embeddings -> (N, out_dim) synthetic class embeddings (one noise draw each)."""
-        q = (self.text_proj(text) + self.noise_proj(self.noise(len(text), text, generator)))[:, None]
+        q = self.text_proj(text)
+        if not self.layer_noise:
+            q = q + self.noise_proj(self.noise(len(text), text, generator))
+        q = q[:, None]
         primitives = self.primitives.weight[None].expand(len(text), -1, -1)
         for layer in self.layers:
-            q = layer(q, primitives)
+            noise = self.noise(len(text), text, generator, q.shape[-1])[:, None] if self.layer_noise else None
+            q = layer(q, primitives, noise)
         return self.norm(q[:, 0])
 
 
