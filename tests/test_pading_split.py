@@ -141,3 +141,41 @@ def test_a_split_file_is_not_an_incremental_task():
 
     with pytest.raises(TaskDefinitionError, match="zero-shot split.*METHOD.PADING.SPLIT"):
         load_task_file(os.path.join(ROOT, "configs", "tasks", "zero_shot", "shapes_zs.yaml"))
+
+
+def test_seen_only_training_images(tiny_world):
+    """``train_images: seen_only`` (PADing's public COCO panoptic training set): the training split keeps exactly the
+    images whose panoptic JSON lists no unseen segment, its semantic version the same images; val keeps every image."""
+    from detectron2.data import DatasetCatalog
+
+    spec = {"train": "tiny_shapes_panoptic_train", "val": "tiny_shapes_panoptic_val", "unseen": UNSEEN,
+            "train_images": "seen_only"}
+    register_zero_shot_split("tiny_zs_so", spec)
+    unseen = _unseen_segments("tiny_shapes_panoptic_train")
+    expected = sorted(stem for stem, ids in unseen.items() if not ids)
+    assert 0 < len(expected) < len(unseen), "the tiny world should have images with and without unseen classes"
+
+    def stems(records):
+        return sorted(os.path.splitext(os.path.basename(r["pan_seg_file_name"]))[0] for r in records)
+
+    assert stems(DatasetCatalog.get("tiny_zs_so_train")) == expected
+    assert stems(DatasetCatalog.get("tiny_zs_so_sem_seg_train")) == expected
+    assert len(DatasetCatalog.get("tiny_zs_so_val")) == len(_json("tiny_shapes_panoptic_val", "panoptic")["images"])
+
+    inst = register_zero_shot_split("tiny_zs_so_inst", {"train": "tiny_shapes_instance_train",
+                                                        "val": "tiny_shapes_instance_val", "unseen": ["star", "heart"],
+                                                        "train_images": "seen_only"})
+    data = _json("tiny_shapes_instance_train", "instance")
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    with_unseen = {a["image_id"] for a in data["annotations"] if names[a["category_id"]] in inst.unseen}
+    records = DatasetCatalog.get("tiny_zs_so_inst_train")
+    assert sorted(r["image_id"] for r in records) == sorted(i["id"] for i in data["images"] if i["id"] not in with_unseen)
+
+
+def test_train_images_errors(tiny_world):
+    with pytest.raises(TaskDefinitionError, match="train_images must be one of"):
+        register_zero_shot_split("bad", {"train": "tiny_shapes_panoptic_train", "val": "tiny_shapes_panoptic_val",
+                                         "unseen": ["star"], "train_images": "some"})
+    with pytest.raises(TaskDefinitionError, match="needs a panoptic or instance training dataset"):
+        register_zero_shot_split("bad", {"train": "tiny_shapes_sem_seg_train", "val": "tiny_shapes_sem_seg_val",
+                                         "unseen": ["star"], "train_images": "seen_only"})

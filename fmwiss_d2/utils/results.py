@@ -488,7 +488,8 @@ _ALL_ZS = ("mIoU seen", "mIoU unseen", "hIoU", "PQ seen", "PQ unseen", "PQ HM")
 register_table(Table(
     name="pading_shapes",
     title="PADing vs stage 1 alone vs a GMMN generator, and its ablations, zero-shot split shapes_zs (star, hexagon, "
-          "heart, sand unseen), test split, mIoU % / PQ for seen and unseen classes (configs/shapes/pading.yaml)",
+          "heart, sand unseen; trained on the images without them), test split, mIoU % / PQ for seen and unseen "
+          "classes (configs/shapes/pading.yaml)",
     commands=(("{python}", "tools/run_zero_shot.py", "--config-file", "configs/shapes/pading.yaml", "--variants",
                _PADING_VARIANTS, "DATASETS.TEST", '("shapes_zs_test", "shapes_zs_sem_seg_test")', "SEED", "{seed}",
                "OUTPUT_DIR", "{out}"),),

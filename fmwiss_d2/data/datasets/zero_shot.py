@@ -11,6 +11,11 @@ zero-shot segmentation papers (ZS3Net, ZegFormer, PADing, arXiv 2306.11087 Sec. 
   image is therefore *void*, never background: the model is not taught that it is nothing.
 * evaluation records are the base's, unchanged (unseen annotations kept; excluded ones removed).
 
+``train_images: seen_only`` (default ``all``) trains on the images without any unseen annotation only, the
+training set of PADing's public code for COCO panoptic (its ``panoptic_train2017_seen.json``): a query is then
+never taught that an unseen object is "no object", at the price of fewer training images. It needs a panoptic or
+instance base (a semantic base's records do not say which classes an image holds).
+
 Model class ids are the base dataset's contiguous ids (every class, seen or not): a text classifier scores all of
 them, and training masks out the unseen ones (``seen_classes`` / ``unseen_classes`` in the metadata).
 Registered datasets, for a split named ``S`` on base kind ``panoptic``, ``instance`` or ``sem_seg``:
@@ -40,6 +45,7 @@ class ZeroShotSplit:
     excluded: tuple[str, ...]  # neither seen nor unseen: removed everywhere
     train: str  # base dataset of the training split
     evals: tuple[tuple[str, str], ...]  # (suffix, base dataset) of every evaluation split
+    train_images: str = "all"  # "all" or "seen_only" (module docstring)
 
     @property
     def seen(self) -> list[str]:
@@ -82,6 +88,17 @@ class ZeroShotSplit:
             record["annotations"] = [a for a in record["annotations"] if a["category_id"] in keep]
         return record
 
+    def holds_unseen(self, record: dict, base: str) -> bool:
+        """Whether a panoptic or instance record annotates any unseen class."""
+        unseen = set(self.unseen_ids)
+        if "segments_info" in record:
+            ids = segment_class_ids(base, record)
+            return any(ids[int(s["id"])] in unseen for s in record["segments_info"])
+        return any(a["category_id"] in unseen for a in record.get("annotations", ()))
+
+
+TRAIN_IMAGES = ("all", "seen_only")
+
 
 def _base_classes(dataset_name: str) -> list[str]:
     """Class names by contiguous id: a panoptic dataset's semantic classes, an instance dataset's
@@ -114,12 +131,14 @@ def split_from_dict(name: str, spec: dict) -> ZeroShotSplit:
 
         {"train": "shapes_panoptic_train", "val": {"val": "shapes_panoptic_val", "test": "shapes_panoptic_test"},
          "unseen": ["star", "hexagon", "heart", "sand"],     # class names or ids of the train dataset
-         "seen": [...]}                                       # optional; default: every class not unseen
+         "seen": [...],                                       # optional; default: every class not unseen
+         "train_images": "all"}                               # optional; or "seen_only" (module docstring)
     """
     where = f"zero-shot split '{name}'"
-    unknown = set(spec) - {"train", "val", "unseen", "seen"}
+    unknown = set(spec) - {"train", "val", "unseen", "seen", "train_images"}
     if unknown:
-        raise TaskDefinitionError(f"{where}: unknown keys {sorted(unknown)}; allowed: train, val, unseen, seen")
+        raise TaskDefinitionError(f"{where}: unknown keys {sorted(unknown)}; allowed: train, val, unseen, seen, "
+                                  "train_images")
     for key in ("train", "val", "unseen"):
         if key not in spec:
             raise TaskDefinitionError(f"{where}: missing key '{key}'")
@@ -149,7 +168,15 @@ def split_from_dict(name: str, spec: dict) -> ZeroShotSplit:
     val = spec["val"]
     evals = tuple(sorted(val.items())) if isinstance(val, dict) else (("val", val),)
     excluded = tuple(c for c in classes if c not in seen and c not in unseen)
-    return ZeroShotSplit(name, tuple(classes), tuple(c for c in classes if c in unseen), excluded, spec["train"], evals)
+    train_images = spec.get("train_images", "all")
+    if train_images not in TRAIN_IMAGES:
+        raise TaskDefinitionError(f"{where}: train_images must be one of {list(TRAIN_IMAGES)}, not {train_images!r}")
+    if train_images == "seen_only" and _kind(spec["train"]) == "sem_seg":
+        raise TaskDefinitionError(f"{where}: train_images 'seen_only' needs a panoptic or instance training dataset, "
+                                  f"and '{spec['train']}' is semantic (its records do not list their classes); "
+                                  "use train_images 'all'")
+    return ZeroShotSplit(name, tuple(classes), tuple(c for c in classes if c in unseen), excluded, spec["train"], evals,
+                         train_images)
 
 
 # ------------------------------------------------------------------------------------- registration
@@ -160,6 +187,14 @@ def _load(split: ZeroShotSplit, which: str, base: str, semantic: bool) -> list[d
     from detectron2.data import DatasetCatalog
 
     records = DatasetCatalog.get(base)
+    if which == "train" and split.train_images == "seen_only":
+        total = len(records)
+        records = [r for r in records if not split.holds_unseen(r, base)]
+        logger.info("%s: %d of %d training images hold no unseen class and are kept (train_images: seen_only)",
+                    split.dataset_name(which), len(records), total)
+        if not records:
+            raise TaskDefinitionError(f"zero-shot split '{split.name}': every training image of '{base}' holds an "
+                                      "unseen class, so train_images 'seen_only' leaves none; use train_images 'all'")
     if semantic and is_panoptic(base):
         records = semantic_records(base, records)
     records = [split.filter_record(r, "train" if which == "train" else "val", base) for r in records]
@@ -211,7 +246,7 @@ def reregister_splits_on(prefix: str) -> None:
 
 def get_zero_shot_split(name: str) -> ZeroShotSplit:
     if name not in SPLITS:
-        raise UnknownNameError(f"Unknown zero-shot split '{name}' (ZERO_SHOT.SPLIT). Registered: "
+        raise UnknownNameError(f"Unknown zero-shot split '{name}' (METHOD.PADING.SPLIT). Registered: "
                                f"{', '.join(sorted(SPLITS))}; or give a split YAML file (configs/tasks/zero_shot/*.yaml)")
     return SPLITS[name]
 
@@ -248,12 +283,14 @@ COCO_65_15_UNSEEN = ["airplane", "train", "parking meter", "cat", "bear", "suitc
 def builtin_split_table() -> dict[str, dict]:
     """The built-in splits, in the plain-data form of a YAML file."""
     return {
-        # the synthetic world: 3 things (one per texture family) + 1 stuff unseen
+        # the synthetic world: 3 things (one per texture family) + 1 stuff unseen; trained on the 317 of 2000
+        # training images that show none of them (chosen on val, docs/pading.md)
         "shapes_zs": {"train": "shapes_panoptic_train",
                       "val": {"val": "shapes_panoptic_val", "test": "shapes_panoptic_test"},
-                      "unseen": ["star", "hexagon", "heart", "sand"]},
+                      "unseen": ["star", "hexagon", "heart", "sand"], "train_images": "seen_only"},
+        # trained on the images without unseen segments, as PADing's public code (its panoptic_train2017_seen.json)
         "coco_zs_panoptic": {"train": "coco_2017_train_panoptic", "val": "coco_2017_val_panoptic",
-                             "unseen": COCO_PANOPTIC_UNSEEN},
+                             "unseen": COCO_PANOPTIC_UNSEEN, "train_images": "seen_only"},
         # PADing's semantic split on COCO-Stuff (171 classes); needs a registered COCO-Stuff (Mask2Former's names)
         "coco_zs_stuff": {"train": "coco_2017_train_stuff_sem_seg", "val": "coco_2017_test_stuff_sem_seg",
                           "unseen": COCO_STUFF_UNSEEN},
