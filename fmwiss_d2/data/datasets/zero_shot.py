@@ -5,10 +5,11 @@ annotation of them may reach the model. Optionally ``seen`` lists the seen class
 *excluded* (COCO 48/17 uses 65 of COCO's 80 classes): dropped from every split. The protocol is the one of the
 zero-shot segmentation papers (ZS3Net, ZegFormer, PADing, arXiv 2306.11087 Sec. 4.1):
 
-* training records keep every image, but every annotation of an unseen (or excluded) class is removed:
-  panoptic segments and instance annotations are dropped from the record, semantic pixels become 255 through the
-  registered ``label_lut`` (one lookup in the mapper, as for incremental tasks). An unseen object in a training
-  image is therefore *void*, never background: the model is not taught that it is nothing.
+* training records keep every image (by default, ``train_images`` below), but every annotation of an unseen (or
+  excluded) class is removed: panoptic segments and instance annotations are dropped from the record, semantic
+  pixels become 255 through the registered ``label_lut`` (one lookup in the mapper, as for incremental tasks). An
+  unseen object in a training image is therefore *void*, never a background label (though an unmatched query on it
+  still learns "no object").
 * evaluation records are the base's, unchanged (unseen annotations kept; excluded ones removed).
 
 ``train_images: seen_only`` (default ``all``) trains on the images without any unseen annotation only, the
