@@ -238,3 +238,21 @@ def test_readme_tables_are_the_committed_results_files():
         with open(path) as f:
             block = render_markdown(json.load(f))
         assert replace_block(readme, name, block) == readme, f"README's {name} table differs from {path}"
+
+
+def test_git_state_ignores_the_tables_own_files(tmp_path):
+    """A seed that finishes while another seed's table file was just written is still clean; any other change is not."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert results.git_state(str(tmp_path))["dirty"] is False
+    (tmp_path / "results" / "t.json").write_text('{"a": 1}')
+    assert results.git_state(str(tmp_path))["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_state(str(tmp_path))["dirty"] is True

@@ -183,14 +183,16 @@ READERS: dict[str, Callable[[str], dict]] = {
 
 # ------------------------------------------------------------------------------------------------- running
 def git_state(cwd: str) -> dict:
-    """``{"commit": HEAD, "dirty": tracked files differ from HEAD}``; ``None``s outside a git checkout."""
+    """``{"commit": HEAD, "dirty": tracked files differ from HEAD}``; ``None``s outside a git checkout. The tables'
+    own files under ``results/`` do not count: seeds run side by side, and the first to finish writes its table."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def _read_metrics(table: Table, out: str) -> dict:
