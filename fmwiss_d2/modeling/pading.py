@@ -54,7 +54,9 @@ class _PrimitiveLayer(nn.Module):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, dim))
+        # ReLU and dropout share index 1, so the checkpoint keys stay ffn.0 / ffn.2 as before the dropout
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Sequential(nn.ReLU(), nn.Dropout(dropout)),
+                                 nn.Linear(hidden_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
