@@ -1,6 +1,7 @@
 """Zero-shot splits (fmwiss_d2/data/datasets/zero_shot.py): every unseen annotation is gone from the training data
-(images kept, or with ``train_images: seen_only`` only the images without one), and kept in val / test. Expectations are read independently from the world's own files: the COCO
-panoptic / instance JSON (category names) and the panoptic PNGs (id = R + 256 G + 256^2 B)."""
+(images kept, or with ``train_images: seen_only`` only the images without one), and kept in val / test.
+Expectations are read independently from the world's own files: the COCO panoptic / instance JSON (category names)
+and the panoptic PNGs (id = R + 256 G + 256^2 B)."""
 import json
 import os
 
