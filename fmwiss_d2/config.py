@@ -94,6 +94,7 @@ def _add_pading_config(cfg):
     c.NUM_FAKE = 16  # stage 2: synthetic unseen embeddings per iteration
     c.STAGE_MAX_ITER = 0  # SOLVER.MAX_ITER of the generator and classifier stages (tools/run_zero_shot.py); 0 = keep
     c.STAGE_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator and classifier stages; 0 = keep
+    c.GENERATOR_BASE_LR = 0.0  # SOLVER.BASE_LR of the generator stage alone; 0 = STAGE_BASE_LR
     c.UNSEEN_WEIGHT = 1.0  # stage 2: class weight of the unseen classes in the classifier's cross-entropy
     c.UNSEEN_LOGIT_BIAS = 0.0  # inference: added to the unseen classes' logits (calibrated stacking; 0 = off)
 

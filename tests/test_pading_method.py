@@ -173,16 +173,18 @@ def test_zero_shot_runner_shares_stage1_chains_weights_and_skips_finished_stages
 
 
 def test_a_variant_sets_its_own_stage_schedule(tmp_path):
-    """METHOD.PADING.STAGE_{MAX_ITER,BASE_LR} of a variant reach its generator and classifier stages; the others
-    keep the config's."""
+    """METHOD.PADING.STAGE_{MAX_ITER,BASE_LR} of a variant reach its generator and classifier stages, and
+    GENERATOR_BASE_LR its generator stage alone; the other variants keep the config's (150 iterations; generator
+    rate 0.003, classifier rate 0.001)."""
     from fmwiss_d2.engine.launch import argument_parser, load_config
     from fmwiss_d2.engine.protocol import zero_shot_stages
 
-    argv = ["--config-file", "configs/shapes/pading.yaml", "OUTPUT_DIR", str(tmp_path),
-            "PROTOCOL.VARIANTS", '["long: METHOD.PADING.STAGE_MAX_ITER 9 METHOD.PADING.STAGE_BASE_LR 0.01"]']
+    argv = ["--config-file", "configs/shapes/pading.yaml", "OUTPUT_DIR", str(tmp_path), "PROTOCOL.VARIANTS",
+            '["long: METHOD.PADING.STAGE_MAX_ITER 9 METHOD.PADING.STAGE_BASE_LR 0.01 METHOD.PADING.GENERATOR_BASE_LR '
+            '0.0", "fastgen: METHOD.PADING.GENERATOR_BASE_LR 0.02"]']
     args = argument_parser().parse_args(argv)
     seen = {}
-    plan = zero_shot_stages(args, load_config(args.config_file, args.opts), ["PADing", "long"],
+    plan = zero_shot_stages(args, load_config(args.config_file, args.opts), ["PADing", "long", "fastgen"],
                             train=lambda a, opts, folder: seen.__setitem__(os.path.relpath(folder, str(tmp_path)),
                                                                            opts))
     for _, stages, _ in plan:
@@ -192,10 +194,12 @@ def test_a_variant_sets_its_own_stage_schedule(tmp_path):
     def value(opts, key):  # the last setting wins when detectron2 merges the opts
         return [opts[i + 1] for i in range(0, len(opts), 2) if opts[i] == key][-1]
 
-    for stage in ("generator", "classifier"):
-        o, p = seen[os.path.join("long", stage)], seen[os.path.join("PADing", stage)]
-        assert value(o, "SOLVER.MAX_ITER") == "9" and float(value(o, "SOLVER.BASE_LR")) == 0.01
-        assert value(p, "SOLVER.MAX_ITER") == "150" and float(value(p, "SOLVER.BASE_LR")) == 0.001
+    expected = {("long", "generator"): ("9", 0.01), ("long", "classifier"): ("9", 0.01),
+                ("PADing", "generator"): ("150", 0.003), ("PADing", "classifier"): ("150", 0.001),
+                ("fastgen", "generator"): ("150", 0.02), ("fastgen", "classifier"): ("150", 0.001)}
+    for (variant, stage), (iters, lr) in expected.items():
+        o = seen[os.path.join(variant, stage)]
+        assert value(o, "SOLVER.MAX_ITER") == iters and float(value(o, "SOLVER.BASE_LR")) == lr, (variant, stage)
 
 
 def test_prompt_names():

@@ -360,11 +360,13 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
 
     c = cfg.METHOD.PADING
 
-    def later(opts):
-        """The generator and classifier stages' schedule: METHOD.PADING.STAGE_{MAX_ITER,BASE_LR}, the variant's
-        own when it sets them."""
+    def later(opts, stage: str):
+        """The generator or classifier stage's schedule: METHOD.PADING.STAGE_{MAX_ITER,BASE_LR} (the generator's
+        rate GENERATOR_BASE_LR when set), the variant's own when it sets them."""
         iters = float(_override(opts, "METHOD.PADING.STAGE_MAX_ITER", str(c.STAGE_MAX_ITER)))
         lr = float(_override(opts, "METHOD.PADING.STAGE_BASE_LR", str(c.STAGE_BASE_LR)))
+        if stage == "generator":
+            lr = float(_override(opts, "METHOD.PADING.GENERATOR_BASE_LR", str(c.GENERATOR_BASE_LR))) or lr
         return (["SOLVER.MAX_ITER", str(int(iters))] if iters > 0 else []) + \
             (["SOLVER.BASE_LR", str(lr)] if lr > 0 else [])
 
@@ -383,11 +385,11 @@ def zero_shot_stages(args, cfg, variants: Sequence[str], train: Callable) -> Lis
             plan.append((name, [stage1], first))
             continue
         gen, clf = (os.path.join(cfg.OUTPUT_DIR, name, s) for s in ("generator", "classifier"))
-        opts_g = [*v.opts, *later(v.opts), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "generator",
+        opts_g = [*v.opts, *later(v.opts, "generator"), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "generator",
                   "MODEL.WEIGHTS", weights1, "DATASETS.TEST", "()", "OUTPUT_DIR", gen]
         weights_g = os.path.join(gen, "model_final.pth")
-        opts_c = [*v.opts, *later(v.opts), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "classifier", "MODEL.WEIGHTS",
-                  weights_g, "METHOD.PADING.GENERATOR_WEIGHTS", weights_g, "OUTPUT_DIR", clf]
+        opts_c = [*v.opts, *later(v.opts, "classifier"), "METHOD.NAME", "PADing", "METHOD.PADING.STAGE", "classifier",
+                  "MODEL.WEIGHTS", weights_g, "METHOD.PADING.GENERATOR_WEIGHTS", weights_g, "OUTPUT_DIR", clf]
         plan.append((name, [stage1,
                             Stage(f"{name}/generator", gen, run=lambda o=opts_g, f=gen: train(args, o, f),
                                   outputs=["model_final.pth"], key=stage_key(args, opts_g)),
