@@ -240,19 +240,55 @@ def test_readme_tables_are_the_committed_results_files():
         assert replace_block(readme, name, block) == readme, f"README's {name} table differs from {path}"
 
 
-def test_git_state_ignores_the_tables_own_files(tmp_path):
-    """A seed that finishes while another seed's table file was just written is still clean; any other change is not."""
+def _git_repo(path):
+    """A git repository at ``path`` with a committed ``code.py`` and ``results/t.json``; returns its HEAD."""
     def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+        return subprocess.run(["git", *args], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
 
     git("init", "-q")
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "t.json").write_text("{}")
-    (tmp_path / "code.py").write_text("x = 1\n")
+    (path / "results").mkdir()
+    (path / "results" / "t.json").write_text("{}")
+    (path / "code.py").write_text("x = 1\n")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return git("rev-parse", "HEAD")
+
+
+def test_git_state_ignores_the_tables_own_files(tmp_path):
+    """A seed that finishes while another seed's table file was just written is still clean; any other change is not."""
+    _git_repo(tmp_path)
     assert results.git_state(str(tmp_path))["dirty"] is False
     (tmp_path / "results" / "t.json").write_text('{"a": 1}')
     assert results.git_state(str(tmp_path))["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results.git_state(str(tmp_path))["dirty"] is True
+
+
+def test_a_seed_records_the_tree_its_commands_started_from(tmp_path):
+    """An edit made while a seed runs (here by its own command) does not mark that seed's numbers as coming from
+    uncommitted code; the checkout is dirty afterwards."""
+    head = _git_repo(tmp_path)
+    edit = ("import sys, json; open('code.py', 'w').write('x = 2\\n'); "
+            "json.dump({'score': 1.0}, open(sys.argv[1] + '/metric.json', 'w'))")
+    table = Table(name="edit", title="edits a tracked file", commands=(("{python}", "-c", edit, "{out}"),),
+                  reader="json", result_file="metric.json", metrics=(("score", "score"),), seeds=(0,))
+    record = results.run_seed(table, 0, str(tmp_path / "runs"), cwd=str(tmp_path), log=lambda *_: None)
+    assert (tmp_path / "code.py").read_text() == "x = 2\n" and results.git_state(str(tmp_path))["dirty"] is True
+    assert record["commit"] == head and record["dirty"] is False
+
+
+def test_the_table_state_comes_from_its_seeds(tmp_path):
+    """A table is clean when every seed ran from the same clean commit, whatever the checkout holds when the table
+    is written; one seed from uncommitted code, or seeds from different commits, mark it dirty."""
+    head = _git_repo(tmp_path)
+    (tmp_path / "code.py").write_text("x = 3\n")  # the checkout is dirty now
+
+    def state(*seeds):
+        records = [{"seed": i, "metrics": {"score": 1.0}, "commit": c, "dirty": d} for i, (c, d) in enumerate(seeds)]
+        got = results.summarize(FAKE, records, cwd=str(tmp_path))
+        return got["commit"], got["dirty"]
+
+    assert state(("a" * 40, False), ("a" * 40, False)) == ("a" * 40, False)
+    assert state(("a" * 40, False), ("a" * 40, True)) == ("a" * 40, True)
+    assert state(("a" * 40, False), ("b" * 40, False)) == (head, True)
+

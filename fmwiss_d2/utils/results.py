@@ -220,6 +220,7 @@ def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = Fals
         shutil.rmtree(out)  # the tools resume or skip what they find: a forced run starts from nothing
     os.makedirs(out, exist_ok=True)
     commands = table.argv(seed, out, overrides)
+    state = git_state(cwd)  # the code the commands run: an edit while they run does not change what they ran
     t0 = time.time()
     for k, argv in enumerate(commands):
         log_path = os.path.join(out, f"command{k}.log")
@@ -232,7 +233,7 @@ def run_seed(table: Table, seed: int, root: str, *, cwd: str, force: bool = Fals
             raise ResultsError(f"{table.name}: seed {seed}: command {k} exited with {proc.returncode}: "
                                f"{shell_command(argv)}\n--- last lines of {log_path}:\n{tail}")
     record = {"seed": seed, "metrics": _read_metrics(table, out), "commands": commands,
-              "wall_s": round(time.time() - t0, 1), **git_state(cwd), "threads": _threads(),
+              "wall_s": round(time.time() - t0, 1), **state, "threads": _threads(),
               "output_dir": out}
     atomic_write_json(done, record, indent=1)
     return record
@@ -272,6 +273,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
+def _table_state(records: Sequence[dict], cwd: str) -> dict:
+    """The table's commit: its seeds' when they all ran from one, "dirty" when any of them ran from uncommitted
+    changes. Seeds from different commits: the checkout's HEAD, marked dirty (``seed_commits`` lists them)."""
+    commits = {r.get("commit") for r in records}
+    if len(commits) == 1 and None not in commits:
+        return {"commit": commits.pop(), "dirty": any(bool(r.get("dirty")) for r in records)}
+    return {"commit": git_state(cwd)["commit"], "dirty": True}
+
+
 def summarize(table: Table, records: Sequence[dict], *, cwd: str) -> dict:
     """The ``results/<table>.json`` content for ``records`` (one per seed)."""
     records = sorted(records, key=lambda r: r["seed"])
@@ -284,7 +294,7 @@ def summarize(table: Table, records: Sequence[dict], *, cwd: str) -> dict:
     return {
         "table": table.name,
         "title": table.title,
-        **git_state(cwd),
+        **_table_state(records, cwd),
         "seed_commits": {str(r["seed"]): r.get("commit") for r in records},
         "commands": [list(c) for c in table.commands],
         "seeds": [r["seed"] for r in records],
