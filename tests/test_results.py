@@ -291,4 +291,5 @@ def test_the_table_state_comes_from_its_seeds(tmp_path):
     assert state(("a" * 40, False), ("a" * 40, False)) == ("a" * 40, False)
     assert state(("a" * 40, False), ("a" * 40, True)) == ("a" * 40, True)
     assert state(("a" * 40, False), ("b" * 40, False)) == (head, True)
+    assert state((None, None), (None, None)) == (None, None)  # seeds run outside a git checkout
 

@@ -277,7 +277,9 @@ def _table_state(records: Sequence[dict], cwd: str) -> dict:
     """The table's commit: its seeds' when they all ran from one, "dirty" when any of them ran from uncommitted
     changes. Seeds from different commits: the checkout's HEAD, marked dirty (``seed_commits`` lists them)."""
     commits = {r.get("commit") for r in records}
-    if len(commits) == 1 and None not in commits:
+    if commits == {None}:  # run outside a git checkout
+        return {"commit": None, "dirty": None}
+    if len(commits) == 1:
         return {"commit": commits.pop(), "dirty": any(bool(r.get("dirty")) for r in records)}
     return {"commit": git_state(cwd)["commit"], "dirty": True}
 
