@@ -184,7 +184,8 @@ READERS: dict[str, Callable[[str], dict]] = {
 # ------------------------------------------------------------------------------------------------- running
 def git_state(cwd: str) -> dict:
     """``{"commit": HEAD, "dirty": tracked files differ from HEAD}``; ``None``s outside a git checkout. The tables'
-    own files under ``results/`` do not count: seeds run side by side, and the first to finish writes its table."""
+    own files under ``results/`` do not count: seeds run side by side, and one may start after another has written
+    its table."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
