@@ -525,3 +525,39 @@ def test_pseudo_label_cams_sum_scales_and_flips_without_touching_the_norm_statis
     single = method.view_cams(0, trained_pass, images)
     assert torch.equal(single, F.interpolate(trained_pass, size=(64, 64), mode="bilinear",
                                              align_corners=False).clamp(min=0))
+
+
+def test_the_consistency_pass_leaves_the_norm_statistics_to_the_plain_view(tmp_path):
+    """Inference normalises with the running batch-norm averages, and the strong view (warped, jittered) is not
+    what it sees: after a late step (consistency on), each student's running averages are those one plain forward
+    pass gives (computed here on copies), while the consistency loss still trains the student."""
+    import copy
+
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from fmwiss_d2.methods import build_method
+
+    cfg = _dupl_cfg(tmp_path, "METHOD.DUPL.NOISE_FILTER", "False")
+    method = build_method(cfg, build_model(cfg)).train()
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"image": torch.rand(3, 64, 64, generator=g) * 255, "image_labels": [1, 3], "height": 64, "width": 64}
+              for _ in range(2)]
+
+    def norms(module):
+        return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    copies = [copy.deepcopy(s) for s in method.students]
+    with torch.no_grad():
+        for c in copies:
+            c.forward_outputs(c.preprocess_images(inputs).tensor)
+    with EventStorage(start_iter=3):  # past GMM_START_ITER (2): the strong view is used
+        losses = method.losses(inputs)
+    assert float(losses["loss_consistency"]) > 0
+    for s, c in zip(method.students, copies):
+        assert norms(s)
+        for m, ref in zip(norms(s), norms(c)):
+            assert torch.allclose(m.running_mean, ref.running_mean) and torch.allclose(m.running_var, ref.running_var)
+            assert m.momentum == ref.momentum  # restored
+    losses["loss_consistency"].backward()
+    assert all(any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters()) for s in method.students)

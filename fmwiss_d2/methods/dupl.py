@@ -81,7 +81,7 @@ def strong_view(images: torch.Tensor, theta: torch.Tensor, generator: torch.Gene
 @contextlib.contextmanager
 def _frozen_norm_statistics(module: nn.Module):
     """Batch-norm layers keep normalising with the batch's statistics (train mode) but do not update their
-    running averages: the extra CAM views are other images than the ones the model is trained on."""
+    running averages: the extra CAM views and the strong view are other images than the ones inference sees."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -362,7 +362,10 @@ class DuPL(Method):
             strong = strong_view(images, theta)
             reg = zero
             for s, lg, t in zip(self.students, logits, supervising):
-                reg = reg + consistency_loss(s.forward_outputs(strong)["pred_logits"],
-                                             self.consistency_target(lg, t, theta), self.ignore_label)
+                # the strong view is not what the student sees at test time: its batch statistics must not
+                # enter the running batch-norm averages that inference normalises with (docs/dupl.md)
+                with _frozen_norm_statistics(s):
+                    strong_logits = s.forward_outputs(strong)["pred_logits"]
+                reg = reg + consistency_loss(strong_logits, self.consistency_target(lg, t, theta), self.ignore_label)
             losses["loss_consistency"] = self.weights["reg"] * reg
         return losses
